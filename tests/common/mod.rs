@@ -1,0 +1,558 @@
+//! The shared test harness: backends on port 0, proxies started from their real binaries,
+//! and the table of which binary has which behaviour.
+//!
+//! Every lesson and `rsp` print the same banner, `Started.  Listening on port N.`, so one
+//! [`Proxy::spawn`] drives them all: it starts the binary, reads its output until the
+//! banner (bounded in time), and kills the child when dropped.
+//!
+//! Each test file uses a different part of this module, hence the `allow(dead_code)`.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any child may take to print its banner.
+pub const BANNER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The body the C project's mock server answered with.
+pub const HELLO: &str = "Hello from the mock server";
+
+// ---------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------
+
+/// A backend on 127.0.0.1, port 0, serving each connection on its own thread with `handler`.
+/// Dropping it stops accepting (open connections finish on their own).
+pub struct Backend {
+    pub port: u16,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// Starts a backend whose connections are each handled by `handler`.
+    pub fn start<F>(handler: F) -> Backend
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test backend");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let handler = Arc::new(handler);
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                thread::spawn(move || handler(stream));
+            }
+        });
+        Backend {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    /// The C tests' mock server: reads a request, answers `200` with [`HELLO`].
+    pub fn hello() -> Backend {
+        Backend::http(|_path| HELLO.as_bytes().to_vec())
+    }
+
+    /// An HTTP backend answering every request with `body(path)`, then closing.
+    pub fn http<F>(body: F) -> Backend
+    where
+        F: Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+    {
+        Backend::start(move |mut stream| {
+            let Ok(path) = read_request(&mut stream) else {
+                return;
+            };
+            let _ = write_http_response(&mut stream, &body(&path));
+        })
+    }
+
+    /// Waits `delay` after the request, then answers [`HELLO`].
+    pub fn slow(delay: Duration) -> Backend {
+        Backend::http(move |_| {
+            thread::sleep(delay);
+            HELLO.as_bytes().to_vec()
+        })
+    }
+
+    /// Answers every request with the C test's large body ([`large_body`]).
+    pub fn large() -> Backend {
+        let body = Arc::new(large_body());
+        Backend::http(move |_| body.to_vec())
+    }
+
+    /// Echoes every byte back until the client half-closes, then closes.
+    pub fn echo() -> Backend {
+        Backend::start(|mut stream| {
+            let Ok(mut reader) = stream.try_clone() else {
+                return;
+            };
+            let _ = io::copy(&mut reader, &mut stream);
+            let _ = stream.shutdown(Shutdown::Write);
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocked accept so the thread sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Reads an HTTP request head and returns its path.
+pub fn read_request(stream: &mut TcpStream) -> io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && !head.ends_with(b"\n\n") {
+        if stream.read(&mut byte)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+        if head.len() > 64 * 1024 {
+            return Err(io::Error::other("request head too long"));
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    Ok(text.split_whitespace().nth(1).unwrap_or("/").to_string())
+}
+
+/// Writes a `200 OK` response with `Connection: close` and `body`.
+pub fn write_http_response(stream: &mut TcpStream, body: &[u8]) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+/// The C test's large response: `"0123456789\n"` × 1 MiB = 11,534,336 bytes.
+pub fn large_body() -> Vec<u8> {
+    b"0123456789\n".repeat(1024 * 1024)
+}
+
+/// `n` pseudo-random bytes (xorshift; the same `seed` gives the same bytes).
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The sha256 of `data` as hex.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------
+
+/// Connects to the proxy on 127.0.0.1:`port` with 10 s read and write timeouts.
+pub fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to proxy");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Sends `GET path` through the proxy and returns the whole response (head and body).
+pub fn http_get(port: u16, path: &str) -> io::Result<Vec<u8>> {
+    let mut stream = connect(port);
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+/// The body of an HTTP response (everything after the blank line).
+pub fn body(response: &[u8]) -> &[u8] {
+    match response.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => &response[i + 4..],
+        None => &[],
+    }
+}
+
+/// Asserts that `response` is a `200` with [`HELLO`] as its body.
+pub fn assert_hello(response: &[u8]) {
+    let text = String::from_utf8_lossy(response);
+    assert!(text.starts_with("HTTP/1.0 200"), "bad response: {text:?}");
+    assert_eq!(body(response), HELLO.as_bytes(), "bad body in {text:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Proxies: the binaries under test
+// ---------------------------------------------------------------------------------------
+
+/// A binary under test and the way it takes its settings, as its C counterpart did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `part1 <listen_port> <backend_addr> <backend_port>`
+    Part1,
+    /// `part2 <listen_port> <backend_addr> <backend_port>`
+    Part2,
+    /// `part3 <config.lua>` with `listenPort`, `backendAddress`, `backendPort`
+    Part3,
+    /// `part4 <config.lua>`: the fixed relay
+    Part4,
+    /// `part4 --broken <config.lua>`: the C's lossy non-blocking write, on purpose
+    Part4Broken,
+    /// `part5 <config.lua>`: the mio event loop
+    Part5,
+    /// `rsp <proxy.lua>` in threads mode
+    Rsp,
+    /// `rsp <proxy.lua>` with `mode = "mio"`
+    RspMio,
+}
+
+/// Whether rsp's `mode = "mio"` is built and implemented (flip when the mio issue lands).
+pub const RSP_MIO_READY: bool = false;
+
+impl Target {
+    /// Every target that has the behaviour introduced by lesson part `n`: that part, every
+    /// later part, and `rsp` (in each mode it has). `Part4Broken` is never included: it is
+    /// only used to show part 4's bug.
+    pub fn from_part(n: u8) -> Vec<Target> {
+        let mut targets: Vec<Target> = [
+            (1, Target::Part1),
+            (2, Target::Part2),
+            (3, Target::Part3),
+            (4, Target::Part4),
+        ]
+        .into_iter()
+        .filter(|(part, _)| *part >= n)
+        .map(|(_, t)| t)
+        .collect();
+        if cfg!(feature = "mio") {
+            targets.push(Target::Part5);
+        }
+        targets.extend(Target::rsp_modes());
+        targets
+    }
+
+    /// `rsp` in each mode this build has.
+    pub fn rsp_modes() -> Vec<Target> {
+        if cfg!(feature = "mio") && RSP_MIO_READY {
+            vec![Target::Rsp, Target::RspMio]
+        } else {
+            vec![Target::Rsp]
+        }
+    }
+
+    /// The path of the binary Cargo built for this target.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Target::Part1 => env!("CARGO_BIN_EXE_part1"),
+            Target::Part2 => env!("CARGO_BIN_EXE_part2"),
+            Target::Part3 => env!("CARGO_BIN_EXE_part3"),
+            Target::Part4 | Target::Part4Broken => env!("CARGO_BIN_EXE_part4"),
+            #[cfg(feature = "mio")]
+            Target::Part5 => env!("CARGO_BIN_EXE_part5"),
+            #[cfg(not(feature = "mio"))]
+            Target::Part5 => panic!("part5 needs the `mio` feature"),
+            Target::Rsp | Target::RspMio => env!("CARGO_BIN_EXE_rsp"),
+        }
+    }
+
+    /// Starts this target on port 0 in front of 127.0.0.1:`backend_port`.
+    pub fn start(self, backend_port: u16) -> Proxy {
+        self.start_with(&[backend_port], "")
+    }
+
+    /// Starts this target in front of `backends`; `rsp` also gets `extra` appended to its
+    /// proxy.lua (one `key = value` per line). Lessons take one backend and no extras.
+    pub fn start_with(self, backends: &[u16], extra: &str) -> Proxy {
+        let backend = backends[0];
+        let port_args = |prefix: &[&str]| -> Vec<String> {
+            let mut args: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+            args.extend(["0".into(), "127.0.0.1".into(), backend.to_string()]);
+            args
+        };
+        let lesson_lua = || {
+            temp_file(
+                "lesson.lua",
+                &format!(
+                    "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\nbackendPort = \"{backend}\"\n"
+                ),
+            )
+        };
+        let args: Vec<String> = match self {
+            Target::Part1 | Target::Part2 => port_args(&[]),
+            Target::Part3 | Target::Part4 | Target::Part5 => {
+                vec![lesson_lua().display().to_string()]
+            }
+            Target::Part4Broken => vec!["--broken".into(), lesson_lua().display().to_string()],
+            Target::Rsp | Target::RspMio => {
+                let mode = if self == Target::RspMio { "mio" } else { "threads" };
+                vec![rsp_config(backends, &format!("mode = \"{mode}\"\n{extra}"))
+                    .display()
+                    .to_string()]
+            }
+        };
+        Proxy::spawn(self.binary(), &args)
+    }
+}
+
+/// Writes an rsp config listening on port 0 in front of `backends`, plus `extra` lines.
+pub fn rsp_config(backends: &[u16], extra: &str) -> PathBuf {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
+    temp_file(
+        "proxy.lua",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nbackends = {{ {} }}\n{extra}\n",
+            list.join(", ")
+        ),
+    )
+}
+
+/// Writes `contents` to a fresh file in Cargo's temp dir for tests and returns its path.
+pub fn temp_file(name: &str, contents: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("{}-{n}-{name}", std::process::id()));
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+/// A running binary under test. Dropping it kills the child.
+pub struct Proxy {
+    pub child: Child,
+    /// The port from the banner.
+    pub port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+    rx: Receiver<String>,
+}
+
+impl Proxy {
+    /// Starts `binary args…`, waits for the banner and parses the port from it.
+    pub fn spawn(binary: &str, args: &[String]) -> Proxy {
+        let mut child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        collect_lines(stdout, lines.clone(), tx.clone());
+        collect_lines(stderr, lines.clone(), tx);
+        let mut proxy = Proxy {
+            child,
+            port: 0,
+            lines,
+            rx,
+        };
+        let banner = proxy
+            .wait_for_line("Started.  Listening on port ", BANNER_TIMEOUT)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{binary} {args:?}: no banner within {BANNER_TIMEOUT:?}; output:\n{}",
+                    proxy.output()
+                )
+            });
+        proxy.port = parse_banner_port(&banner)
+            .unwrap_or_else(|| panic!("cannot read a port in the banner {banner:?}"));
+        proxy
+    }
+
+    /// Waits until an output line contains `needle`; `None` after `timeout` or at exit.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return Some(line.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Everything the child printed so far, stdout and stderr interleaved by arrival.
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The child's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's thread count, from `/proc/PID/status`.
+    pub fn threads(&self) -> usize {
+        proc_status_field(self.pid(), "Threads:").unwrap_or(0) as usize
+    }
+
+    /// The child's resident memory in KiB, from `/proc/PID/status`.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_field(self.pid(), "VmRSS:").unwrap_or(0)
+    }
+
+    /// The child's open file descriptors, from `/proc/PID/fd`.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to `timeout`) until `check(self)` is true; returns whether it became true.
+    pub fn eventually(&self, timeout: Duration, check: impl Fn(&Proxy) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check(self) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        check(self)
+    }
+
+    /// Sends a signal (`"INT"`, `"TERM"`, …) to the child with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `timeout` for the child to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `binary args…` to completion (bounded by `timeout`) and returns its exit code and
+/// its stderr and stdout together. For commands that are expected to exit on their own.
+pub fn run_to_exit(binary: &str, args: &[&str], timeout: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, _rx) = mpsc::channel();
+    let out = collect_lines(child.stdout.take().unwrap(), lines.clone(), tx.clone());
+    let err = collect_lines(child.stderr.take().unwrap(), lines.clone(), tx);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = out.join();
+    let _ = err.join();
+    let text = lines.lock().unwrap().join("\n");
+    match status {
+        Some(status) => (status.code(), text),
+        None => panic!("{binary} {args:?} did not exit within {timeout:?}; output:\n{text}"),
+    }
+}
+
+fn collect_lines<R: Read + Send + 'static>(
+    stream: R,
+    lines: Arc<Mutex<Vec<String>>>,
+    tx: mpsc::Sender<String>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            lines.lock().unwrap().push(line.clone());
+            let _ = tx.send(line);
+        }
+    })
+}
+
+fn parse_banner_port(line: &str) -> Option<u16> {
+    let rest = line.split("Started.  Listening on port ").nth(1)?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The address of 127.0.0.1:`port`.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
