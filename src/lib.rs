@@ -8,4 +8,5 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod logging;
 pub mod server;
