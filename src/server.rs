@@ -1,8 +1,207 @@
-//! The accept loop.
+//! The server: bind, print the banner, accept clients and hand them to the worker pool;
+//! on Ctrl-C close the listener, drain, and return.
+//!
+//! The accept loop does nothing else, so a slow backend or a slow client never delays
+//! the next `accept()`. Per-connection problems are logged where they happen and never
+//! come back up here.
 
-use crate::config::Config;
+use std::io;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
-/// Runs the proxy until Ctrl-C.
-pub fn run(_config: Config) -> std::io::Result<()> {
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+
+use crate::balancer::Balancer;
+use crate::config::{Config, Mode};
+use crate::outcome::Outcome;
+use crate::pool::Pool;
+use crate::registry::Registry;
+use crate::relay::RelaySettings;
+use crate::shutdown::{self, Shutdown};
+use crate::worker::{self, Accepted, Context, CopyJob};
+
+/// How often an accept loop blocked on a full queue checks for Ctrl-C.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// How long to pause after running out of file descriptors before accepting again.
+const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Linux's "too many open files" errors (per process, system-wide), which `io::ErrorKind`
+/// does not name.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// Runs the proxy described by `config` until Ctrl-C (or SIGTERM), then returns `Ok`.
+/// Errors only if it cannot start (e.g. the listen address is taken).
+pub fn run(config: Config) -> io::Result<()> {
+    match config.mode {
+        Mode::Threads => run_threads(config),
+        Mode::Mio => Err(io::Error::other("mio mode is not implemented yet")),
+    }
+}
+
+/// The banner every rsp binary prints once it listens; the tests wait for it.
+pub fn banner(port: u16) -> String {
+    format!("Started.  Listening on port {port}.")
+}
+
+/// Logs the banner at info level, or prints it if the log level hides info.
+pub fn announce(port: u16) {
+    if log::max_level() >= log::LevelFilter::Info {
+        log::info!("{}", banner(port));
+    } else {
+        println!("{}", banner(port));
+    }
+}
+
+fn run_threads(config: Config) -> io::Result<()> {
+    let listener = TcpListener::bind(config.listen).map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+    })?;
+    let local = listener.local_addr()?;
+    let shutdown = Shutdown::new();
+    let wake_addr = shutdown::wake_address(local);
+    shutdown.install_handler(move || shutdown::wake_listener(wake_addr))?;
+
+    let workers = config.workers.max(1);
+    let copiers: Pool<CopyJob> = Pool::start("copy", workers, workers, |job: CopyJob| job())?;
+    let ctx = Context {
+        balancer: Balancer::new(config.backends.clone(), config.backend_retry),
+        connect_timeout: config.connect_timeout,
+        relay: RelaySettings {
+            buffer_size: config.buffer_size,
+            idle_timeout: config.idle_timeout,
+        },
+        copiers: copiers.sender().clone(),
+    };
+    let pool = Pool::start("worker", workers, workers, move |job| {
+        worker::serve(&ctx, job)
+    })?;
+    let registry = Registry::new();
+    announce(local.port());
+
+    let pending = accept_loop(&listener, &pool, &registry, &shutdown);
+    drop(listener); // from here on, new connections are refused
+    drain(&registry, pending, pool.sender(), config.drain_timeout);
     Ok(())
+}
+
+/// Accepts clients until a shutdown begins. Returns a client that was accepted but not
+/// yet queued when it did (the drain still serves it).
+fn accept_loop(
+    listener: &TcpListener,
+    pool: &Pool<Accepted>,
+    registry: &Arc<Registry>,
+    shutdown: &Shutdown,
+) -> Option<Accepted> {
+    let mut saturated = false;
+    loop {
+        let accepted = listener.accept();
+        if shutdown.is_stopping() {
+            return None; // the handler's wake-up connection, or a client just too late
+        }
+        let (client, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                accept_failed(&e);
+                continue;
+            }
+        };
+        let _ = client.set_nodelay(true); // a latency hint; failing is harmless
+        let job = Accepted {
+            client,
+            addr,
+            ticket: registry.admit(),
+            accepted_at: Instant::now(),
+        };
+        if let Err(job) = hand_off(pool, job, &mut saturated, shutdown) {
+            return job;
+        }
+    }
+}
+
+/// Logs an accept error; after running out of fds, pauses so we do not spin.
+fn accept_failed(e: &io::Error) {
+    match e.raw_os_error() {
+        Some(EMFILE | ENFILE) => {
+            log::error!(
+                "accept failed: {e}; pausing {} ms",
+                EMFILE_PAUSE.as_millis()
+            );
+            thread::sleep(EMFILE_PAUSE);
+        }
+        _ => log::warn!("accept failed: {e}"),
+    }
+}
+
+/// Queues `job` for a worker, blocking while the queue is full. Logs once when the pool
+/// becomes saturated and once when it has room again. `Err` means the accept loop must
+/// stop (shutdown began, with the job if it is still unserved).
+fn hand_off(
+    pool: &Pool<Accepted>,
+    job: Accepted,
+    saturated: &mut bool,
+    shutdown: &Shutdown,
+) -> Result<(), Option<Accepted>> {
+    let sender = pool.sender();
+    let mut job = match sender.try_send(job) {
+        Ok(()) => {
+            if *saturated && sender.len() <= pool.capacity() / 2 {
+                *saturated = false;
+                log::info!("Workers have room again; accepting at full speed.");
+            }
+            return Ok(());
+        }
+        Err(TrySendError::Full(job)) => job,
+        Err(TrySendError::Disconnected(_)) => return Err(None),
+    };
+    if !*saturated {
+        *saturated = true;
+        log::warn!(
+            "All workers are busy and the queue is full: new clients wait in the listen backlog."
+        );
+    }
+    loop {
+        match sender.send_timeout(job, SHUTDOWN_POLL) {
+            Ok(()) => return Ok(()),
+            Err(SendTimeoutError::Timeout(back)) if shutdown.is_stopping() => {
+                return Err(Some(back));
+            }
+            Err(SendTimeoutError::Timeout(back)) => job = back,
+            Err(SendTimeoutError::Disconnected(_)) => return Err(None),
+        }
+    }
+}
+
+/// Waits up to `timeout` for open connections to finish, then cuts the rest.
+fn drain(
+    registry: &Registry,
+    pending: Option<Accepted>,
+    queue: &Sender<Accepted>,
+    timeout: Duration,
+) {
+    let open = registry.len();
+    log::info!(
+        "Shutting down: no longer accepting; waiting up to {:.1} s for {open} open connection(s).",
+        timeout.as_secs_f64()
+    );
+    let deadline = Instant::now() + timeout;
+    if let Some(job) = pending {
+        // Accepted before the signal: it still deserves service if a worker frees up.
+        let _ = queue.send_timeout(job, timeout);
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if registry.wait_empty(left) {
+        log::info!("All {open} connection(s) drained; exiting.");
+        return;
+    }
+    let cut = registry.cut_all(Outcome::Shutdown);
+    // Cut sockets wake their threads at once; give them a moment to log their summaries.
+    registry.wait_empty(Duration::from_secs(1));
+    log::info!(
+        "Drain timeout: {} connection(s) drained, {cut} cut; exiting.",
+        open.saturating_sub(cut)
+    );
 }

@@ -1,0 +1,155 @@
+//! The open-connection registry (threads mode): what Ctrl-C waits for and, after the
+//! drain timeout, cuts.
+//!
+//! The accept loop [`Registry::admit`]s each client and gets a [`Ticket`] that travels
+//! with it to a worker. Once the backend is connected the worker [`Ticket::attach`]es the
+//! [`Connection`], so the registry can shut its sockets down. Dropping the ticket (when the
+//! worker is done, or while unwinding from a panic) removes the entry: nothing leaks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::conn::Connection;
+use crate::outcome::Outcome;
+
+/// Every connection accepted and not yet closed.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// The last connection id handed out; ids start at 1.
+    last_id: AtomicU64,
+    /// Open connections by id; `None` until the backend is connected.
+    open: Mutex<HashMap<u64, Option<Arc<Connection>>>>,
+    /// Signalled whenever a connection closes, for [`Registry::wait_empty`].
+    closed: Condvar,
+    /// Set by [`Registry::cut_all`]: connections attached later are cut at once.
+    cutting: AtomicBool,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    /// Registers a newly accepted client and returns its ticket (with its id).
+    pub fn admit(self: &Arc<Self>) -> Ticket {
+        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock().insert(id, None);
+        Ticket {
+            id,
+            registry: Arc::clone(self),
+        }
+    }
+
+    /// How many connections are open (accepted, queued or being served).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits up to `timeout` for every connection to close; returns whether they did.
+    pub fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut open = self.lock();
+        while !open.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            open = match self.closed.wait_timeout(open, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+
+    /// Cuts every open connection with `reason`, and any attached from now on; returns how
+    /// many were open.
+    pub fn cut_all(&self, reason: Outcome) -> usize {
+        self.cutting.store(true, Ordering::SeqCst);
+        let open: Vec<Option<Arc<Connection>>> = self.lock().values().cloned().collect();
+        for conn in open.iter().flatten() {
+            conn.cut(reason);
+        }
+        open.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Option<Arc<Connection>>>> {
+        // Each update is a single insert or remove, so a map behind a poisoned lock is
+        // still consistent.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One open connection's place in the [`Registry`]; dropping it removes the entry.
+#[derive(Debug)]
+pub struct Ticket {
+    /// The connection id.
+    id: u64,
+    /// The registry to remove ourselves from.
+    registry: Arc<Registry>,
+}
+
+impl Ticket {
+    /// The connection id, counted from 1.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Makes `conn` reachable for the drain timeout's cut. If the cut already happened,
+    /// `conn` is cut at once.
+    pub fn attach(&self, conn: Arc<Connection>) {
+        let cutting = self.registry.cutting.load(Ordering::SeqCst);
+        if cutting {
+            conn.cut(Outcome::Shutdown);
+        }
+        self.registry.lock().insert(self.id, Some(conn));
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+        self.registry.closed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_count_and_remove_themselves() {
+        let registry = Registry::new();
+        let a = registry.admit();
+        let b = registry.admit();
+        assert_eq!((a.id(), b.id()), (1, 2));
+        assert_eq!(registry.len(), 2);
+        drop(a);
+        assert!(!registry.wait_empty(Duration::from_millis(10)));
+        let waiter = std::thread::spawn(move || drop(b));
+        assert!(registry.wait_empty(Duration::from_secs(5)));
+        waiter.join().unwrap();
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_panicking_worker_still_removes_its_entry() {
+        let registry = Registry::new();
+        let ticket = registry.admit();
+        let result = std::thread::spawn(move || {
+            let _ticket = ticket;
+            panic!("boom");
+        })
+        .join();
+        assert!(result.is_err());
+        assert!(registry.is_empty());
+    }
+}

@@ -1,0 +1,277 @@
+//! The copy loop: moves bytes one way (client → backend or back) until EOF or an error.
+//!
+//! [`copy_direction`] is a plain blocking function; it does not care which thread runs it.
+//! Threads mode runs the two directions of a connection on two threads at once.
+//!
+//! Why not `std::io::copy`: we want a configurable buffer size, byte counts, the idle
+//! check and a log line when a slow reader holds us up. It is the same loop otherwise: a
+//! blocking write cannot lose data, it waits until the kernel takes every byte, so a slow
+//! reader simply slows the thread that writes to it (backpressure for free).
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::conn::Connection;
+use crate::outcome::Outcome;
+
+/// A write that blocks longer than this is logged at debug level (a slow reader).
+pub const SLOW_WRITE: Duration = Duration::from_millis(100);
+
+/// Which way bytes flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → backend (the request).
+    Up,
+    /// Backend → client (the response).
+    Down,
+}
+
+impl Direction {
+    /// The socket this direction reads from and the one it writes to.
+    fn ends(self, conn: &Connection) -> (&TcpStream, &TcpStream) {
+        match self {
+            Direction::Up => (&conn.client, &conn.backend),
+            Direction::Down => (&conn.backend, &conn.client),
+        }
+    }
+
+    /// The outcome when reading (`reading = true`) or writing fails in this direction.
+    fn failure(self, reading: bool) -> Outcome {
+        match (self, reading) {
+            (Direction::Up, true) | (Direction::Down, false) => Outcome::ClientReset,
+            (Direction::Up, false) | (Direction::Down, true) => Outcome::BackendReset,
+        }
+    }
+
+    fn writes_to(self) -> &'static str {
+        match self {
+            Direction::Up => "backend",
+            Direction::Down => "client",
+        }
+    }
+}
+
+/// How one direction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectionEnd {
+    /// The source sent EOF (or the connection was cut, which also reads as EOF); the
+    /// destination got `shutdown(Write)`.
+    Eof,
+    /// This direction failed and cut the connection for this reason.
+    Cut(Outcome),
+}
+
+/// What one direction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectionResult {
+    /// Bytes written to the destination.
+    pub bytes: u64,
+    /// How it ended.
+    pub end: DirectionEnd,
+}
+
+/// Settings for the copy loop, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    /// Bytes per read.
+    pub buffer_size: usize,
+    /// Cut the connection after this long with no bytes either way.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl RelaySettings {
+    /// The socket read/write timeout that wakes the loop to check for idleness: a quarter
+    /// of `idle_timeout`, between 50 ms and 1 s. `None` (block forever) without one.
+    pub fn tick(&self) -> Option<Duration> {
+        let idle = self.idle_timeout?;
+        Some((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
+    }
+}
+
+/// Copies `direction` of `conn` until EOF or an error. On EOF the destination gets
+/// `shutdown(Write)` (half-close: the other direction keeps going). On an error, or when
+/// the connection has been idle for `idle_timeout`, it cuts the whole connection.
+pub fn copy_direction(
+    conn: &Connection,
+    direction: Direction,
+    settings: RelaySettings,
+) -> DirectionResult {
+    let (mut from, to) = direction.ends(conn);
+    let mut buf = vec![0u8; settings.buffer_size.max(1)];
+    let mut bytes = 0u64;
+    let end = loop {
+        let n = match from.read(&mut buf) {
+            // A 0-byte read is EOF: pass the half-close on. Shutting down an already shut
+            // or reset socket fails harmlessly, so the error is ignored.
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                break DirectionEnd::Eof;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => match idle_cut(conn, settings) {
+                Some(reason) => break DirectionEnd::Cut(reason),
+                None => continue,
+            },
+            Err(_) => break cut(conn, direction.failure(true)),
+        };
+        conn.touch();
+        if let Err(reason) = write_chunk(conn, direction, to, &buf[..n], settings) {
+            break cut(conn, reason);
+        }
+        bytes += n as u64;
+        conn.count(direction == Direction::Up, n as u64);
+    };
+    DirectionResult { bytes, end }
+}
+
+/// Writes all of `chunk`, like `write_all`, but touches the activity clock after every
+/// partial write (a slow reader that takes bytes is not idle), checks for idleness on
+/// write timeouts, and logs a write that blocked longer than [`SLOW_WRITE`].
+fn write_chunk(
+    conn: &Connection,
+    direction: Direction,
+    mut to: &TcpStream,
+    mut chunk: &[u8],
+    settings: RelaySettings,
+) -> Result<(), Outcome> {
+    let started = Instant::now();
+    while !chunk.is_empty() {
+        match to.write(chunk) {
+            Ok(0) => return Err(direction.failure(false)),
+            Ok(n) => {
+                chunk = &chunk[n..];
+                conn.touch();
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => {
+                if let Some(reason) = idle_cut(conn, settings) {
+                    return Err(reason);
+                }
+            }
+            Err(_) => return Err(direction.failure(false)),
+        }
+    }
+    let blocked = started.elapsed();
+    if blocked > SLOW_WRITE {
+        log::debug!(
+            "conn {}: write to {} blocked for {} ms (slow reader)",
+            conn.id,
+            direction.writes_to(),
+            blocked.as_millis()
+        );
+    }
+    Ok(())
+}
+
+/// After a read/write timeout: the idle-timeout reason if the connection has been idle
+/// long enough (the caller then cuts it), else `None` (keep waiting).
+fn idle_cut(conn: &Connection, settings: RelaySettings) -> Option<Outcome> {
+    let limit = settings.idle_timeout?;
+    if conn.idle_for() < limit {
+        return None;
+    }
+    conn.cut(Outcome::IdleTimeout);
+    Some(Outcome::IdleTimeout)
+}
+
+fn cut(conn: &Connection, reason: Outcome) -> DirectionEnd {
+    conn.cut(reason);
+    DirectionEnd::Cut(reason)
+}
+
+/// A socket timeout shows up as `WouldBlock` (EAGAIN) on Unix, `TimedOut` elsewhere.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    /// Returns (connection, client peer, backend peer): the test plays both peers.
+    fn connection(settings: RelaySettings) -> (Arc<Connection>, TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_peer = TcpStream::connect(addr).unwrap();
+        let (client, client_addr) = listener.accept().unwrap();
+        let backend = TcpStream::connect(addr).unwrap();
+        let (backend_peer, _) = listener.accept().unwrap();
+        for s in [&client, &backend] {
+            s.set_read_timeout(settings.tick()).unwrap();
+            s.set_write_timeout(settings.tick()).unwrap();
+        }
+        let conn = Connection::new(1, client, client_addr, backend, "b".into(), Instant::now());
+        (Arc::new(conn), client_peer, backend_peer)
+    }
+
+    fn run_both(conn: &Arc<Connection>, s: RelaySettings) -> (DirectionResult, DirectionResult) {
+        let c = conn.clone();
+        let up = std::thread::spawn(move || copy_direction(&c, Direction::Up, s));
+        let down = copy_direction(conn, Direction::Down, s);
+        (up.join().unwrap(), down)
+    }
+
+    #[test]
+    fn half_close_is_passed_on_and_bytes_are_counted() {
+        let s = RelaySettings {
+            buffer_size: 3,
+            idle_timeout: None,
+        };
+        let (conn, mut client, mut backend) = connection(s);
+        let backend_side = std::thread::spawn(move || {
+            let mut request = Vec::new();
+            backend.read_to_end(&mut request).unwrap(); // ends at the client's half-close
+            backend.write_all(b"response").unwrap();
+            request
+        });
+        client.write_all(b"request").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let (up, down) = run_both(&conn, s);
+        let mut response = Vec::new();
+        client.read_to_end(&mut response).unwrap();
+        assert_eq!(backend_side.join().unwrap(), b"request");
+        assert_eq!(response, b"response");
+        assert_eq!((up.bytes, up.end), (7, DirectionEnd::Eof));
+        assert_eq!((down.bytes, down.end), (8, DirectionEnd::Eof));
+        assert_eq!(conn.summary().outcome, Outcome::Eof);
+    }
+
+    #[test]
+    fn an_idle_connection_is_cut() {
+        let s = RelaySettings {
+            buffer_size: 64,
+            idle_timeout: Some(Duration::from_millis(200)),
+        };
+        let (conn, _client, _backend) = connection(s);
+        let started = Instant::now();
+        run_both(&conn, s);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(conn.summary().outcome, Outcome::IdleTimeout);
+    }
+
+    #[test]
+    fn a_vanished_client_cuts_both_directions() {
+        let s = RelaySettings {
+            buffer_size: 4096,
+            idle_timeout: None,
+        };
+        let (conn, client, mut backend) = connection(s);
+        drop(client); // the client goes away before the response
+        let backend_side = std::thread::spawn(move || {
+            let chunk = [b'x'; 64 * 1024];
+            for _ in 0..64 {
+                if backend.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let (_up, down) = run_both(&conn, s);
+        backend_side.join().unwrap();
+        assert_eq!(down.end, DirectionEnd::Cut(Outcome::ClientReset));
+        assert_eq!(conn.summary().outcome, Outcome::ClientReset);
+    }
+}

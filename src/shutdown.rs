@@ -1,0 +1,117 @@
+//! Ctrl-C and SIGTERM: stop accepting, let open connections drain, exit.
+//!
+//! The `ctrlc` crate runs our handler on its own thread. The main thread may be blocked in
+//! `accept()`, and a flag alone would not wake it, so the handler also calls a `wake`
+//! function: threads mode connects to its own listen address ([`wake_listener`]), an
+//! event loop would use its `mio::Waker`. What to do after waking (close the listener,
+//! drain, cut) is up to the mode; this module only owns the flag and the signal handler.
+//! A second signal exits at once with status 130 (128 + SIGINT), as shells do.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The exit status used when a second signal cuts the drain short.
+pub const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
+
+/// The "we are shutting down" flag, shared by the signal handler and the server.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    /// Set by the first signal; the accept loop checks it after every wake-up.
+    stopping: AtomicBool,
+    /// Signals received so far; the second one exits the process.
+    signals: AtomicUsize,
+}
+
+impl Shutdown {
+    /// A fresh flag, not stopping.
+    pub fn new() -> Arc<Shutdown> {
+        Arc::new(Shutdown::default())
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Begins the shutdown (as the first signal does); returns `true` the first time.
+    pub fn begin(&self) -> bool {
+        !self.stopping.swap(true, Ordering::SeqCst)
+    }
+
+    /// Installs the process's Ctrl-C / SIGTERM / SIGHUP handler. The first signal sets the
+    /// flag and calls `wake`; the second exits with [`SECOND_SIGNAL_EXIT_CODE`]. Fails if a
+    /// handler is already installed (the `ctrlc` crate allows one per process).
+    pub fn install_handler<F>(self: &Arc<Self>, wake: F) -> io::Result<()>
+    where
+        F: Fn() + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        ctrlc::set_handler(move || {
+            if this.signals.fetch_add(1, Ordering::SeqCst) == 0 {
+                log::info!("Signal received: stopping. A second Ctrl-C exits at once.");
+                this.begin();
+                wake();
+            } else {
+                log::warn!("Second signal: exiting now without draining.");
+                std::process::exit(SECOND_SIGNAL_EXIT_CODE);
+            }
+        })
+        .map_err(|e| io::Error::other(format!("cannot install the Ctrl-C handler: {e}")))
+    }
+}
+
+/// Where to connect to reach a listener bound to `listen`: the same port, on loopback if
+/// the listener is bound to every interface (`0.0.0.0` or `::` cannot be connected to).
+pub fn wake_address(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Wakes a thread blocked in `accept()` on `addr` by connecting to it once. The accepted
+/// connection is then seen with the flag set and dropped.
+pub fn wake_listener(addr: SocketAddr) {
+    if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        log::warn!("could not wake the accept loop on {addr}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn begin_is_true_only_once() {
+        let s = Shutdown::new();
+        assert!(!s.is_stopping());
+        assert!(s.begin());
+        assert!(!s.begin());
+        assert!(s.is_stopping());
+    }
+
+    #[test]
+    fn wake_address_uses_loopback_for_any_address() {
+        let any: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        assert_eq!(wake_address(any), "127.0.0.1:8000".parse().unwrap());
+        let any6: SocketAddr = "[::]:8000".parse().unwrap();
+        assert_eq!(wake_address(any6), "[::1]:8000".parse().unwrap());
+        let one: SocketAddr = "127.0.0.2:8000".parse().unwrap();
+        assert_eq!(wake_address(one), one);
+    }
+
+    #[test]
+    fn wake_listener_unblocks_accept() {
+        let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+        let addr = wake_address(listener.local_addr().unwrap());
+        let waker = std::thread::spawn(move || wake_listener(addr));
+        assert!(listener.accept().is_ok());
+        waker.join().unwrap();
+    }
+}

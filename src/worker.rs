@@ -1,0 +1,147 @@
+//! What a worker thread does with one client (threads mode): pick a backend, connect,
+//! run both copy directions, log the summary.
+
+use std::net::{SocketAddr, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, bounded};
+
+use crate::balancer::Balancer;
+use crate::conn::Connection;
+use crate::outcome::{Outcome, Summary};
+use crate::pool::panic_message;
+use crate::registry::Ticket;
+use crate::relay::{Direction, DirectionEnd, DirectionResult, RelaySettings, copy_direction};
+
+/// A job for the copy pool: run one direction of one connection.
+pub type CopyJob = Box<dyn FnOnce() + Send>;
+
+/// A client the accept loop has accepted, on its way to a worker.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The client socket.
+    pub client: TcpStream,
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Its place in the open-connection registry (and its id).
+    pub ticket: Ticket,
+    /// When it was accepted: the summary's duration counts from here.
+    pub accepted_at: Instant,
+}
+
+/// What every worker shares.
+pub struct Context {
+    /// Chooses the backend.
+    pub balancer: Balancer,
+    /// How long one backend connect may take.
+    pub connect_timeout: Duration,
+    /// Copy-loop settings.
+    pub relay: RelaySettings,
+    /// Where the client → backend direction goes to run on another thread.
+    pub copiers: Sender<CopyJob>,
+}
+
+/// Serves one client from accept to close and logs its summary line.
+pub fn serve(ctx: &Context, job: Accepted) {
+    let id = job.ticket.id();
+    let Some((backend, name)) = connect_backend(ctx, id) else {
+        log::error!("conn {id}: no backend accepted the connection; closing the client");
+        let summary = Summary {
+            id,
+            client: job.addr,
+            backend: "-".into(),
+            up: 0,
+            down: 0,
+            duration: job.accepted_at.elapsed(),
+            outcome: Outcome::ConnectFailed,
+        };
+        summary.log();
+        return;
+    };
+    let _ = backend.set_nodelay(true); // a latency hint; failing to set it is harmless
+    for socket in [&job.client, &backend] {
+        // The timeouts are the idle check's clock ticks; `None` (no idle timeout) cannot
+        // be rejected, and a failure on a live socket would only mean no idle check.
+        let _ = socket.set_read_timeout(ctx.relay.tick());
+        let _ = socket.set_write_timeout(ctx.relay.tick());
+    }
+    let conn = Arc::new(Connection::new(
+        id,
+        job.client,
+        job.addr,
+        backend,
+        name,
+        job.accepted_at,
+    ));
+    job.ticket.attach(Arc::clone(&conn));
+    relay_both(ctx, &conn);
+    conn.summary().log();
+}
+
+/// Tries the balancer's backends in order, each once; marks each failure down.
+fn connect_backend(ctx: &Context, id: u64) -> Option<(TcpStream, String)> {
+    for index in ctx.balancer.plan() {
+        let backend = ctx.balancer.backend(index);
+        match TcpStream::connect_timeout(&backend.addr, ctx.connect_timeout) {
+            Ok(stream) => {
+                ctx.balancer.mark_up(index);
+                return Some((stream, backend.name.clone()));
+            }
+            Err(e) => {
+                log::warn!(
+                    "conn {id}: backend {} failed: {e}; skipping it for a while",
+                    backend.name
+                );
+                ctx.balancer.mark_down(index);
+            }
+        }
+    }
+    None
+}
+
+/// Runs client → backend on a copy thread and backend → client here; returns when both
+/// have ended.
+fn relay_both(ctx: &Context, conn: &Arc<Connection>) {
+    let (done_tx, done) = bounded::<DirectionResult>(1);
+    let up_conn = Arc::clone(conn);
+    let settings = ctx.relay;
+    let job: CopyJob = Box::new(move || {
+        let result = guarded(&up_conn, Direction::Up, settings);
+        let _ = done_tx.send(result); // the worker only stops waiting if it panicked
+    });
+    if ctx.copiers.send(job).is_err() {
+        log::error!("conn {}: the copy pool is gone", conn.id);
+        conn.cut(Outcome::InternalError);
+        return;
+    }
+    guarded(conn, Direction::Down, settings);
+    // The copy job always sends, unless it was dropped unrun or its thread died: then the
+    // sockets are cut so nothing is left half-open.
+    if done.recv().is_err() {
+        conn.cut(Outcome::InternalError);
+    }
+}
+
+/// [`copy_direction`], but a panic cuts the connection (so the other direction wakes up)
+/// and is logged instead of unwinding further.
+fn guarded(conn: &Connection, direction: Direction, settings: RelaySettings) -> DirectionResult {
+    match catch_unwind(AssertUnwindSafe(|| {
+        copy_direction(conn, direction, settings)
+    })) {
+        Ok(result) => result,
+        Err(panic) => {
+            log::error!(
+                "conn {}: {direction:?} copy panicked: {}",
+                conn.id,
+                panic_message(&*panic)
+            );
+            conn.cut(Outcome::InternalError);
+            DirectionResult {
+                bytes: 0,
+                end: DirectionEnd::Cut(Outcome::InternalError),
+            }
+        }
+    }
+}
