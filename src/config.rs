@@ -1,7 +1,26 @@
 //! The configuration: `proxy.lua` read once at start into a plain Rust struct.
+//!
+//! All the Lua code of rsp lives in this file: [`load`] runs the config in a fresh Lua
+//! state that has only the `string`, `table` and `math` libraries, copies every global the
+//! file set into plain Rust values, and drops the state (an `rlua::Lua` is not `Send`, a
+//! [`Config`] is). Checking those values and filling in defaults is plain Rust, in
+//! [`validate`](self) (`src/config/validate.rs`). rlua 0.20 is a thin wrapper over mlua 0.9,
+//! so moving to mlua means changing the `use rlua::…` line below.
+//!
+//! Every error is one line that says where: `Error parsing config file: proxy.lua:3: …`
+//! for Lua errors, `proxy.lua: workers: …` for a bad value.
 
+mod validate;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rlua::{HookTriggers, Lua, LuaOptions, StdLib, Value};
+
+use validate::Raw;
 
 /// How rsp moves bytes: one thread per direction, or one mio event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,6 +29,16 @@ pub enum Mode {
     Threads,
     /// One event-loop thread with per-direction write queues.
     Mio,
+}
+
+impl Mode {
+    /// The name used in `proxy.lua`: `"threads"` or `"mio"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Threads => "threads",
+            Mode::Mio => "mio",
+        }
+    }
 }
 
 /// One backend as the user wrote it and as it resolved.
@@ -46,4 +75,325 @@ pub struct Config {
     pub mode: Mode,
     /// Mio mode: bytes queued per direction before the source is paused.
     pub max_buffered: usize,
+}
+
+impl Config {
+    /// A config for `listen` and `backends` with every other key at its default. This is
+    /// the one place the defaults are written down (the README's table repeats them).
+    pub fn with_defaults(listen: SocketAddr, backends: Vec<Backend>) -> Config {
+        Config {
+            listen,
+            backends,
+            workers: 256,
+            buffer_size: 16 * 1024,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Some(Duration::from_secs(300)),
+            backend_retry: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            log_level: log::LevelFilter::Info,
+            mode: Mode::Threads,
+            max_buffered: 256 * 1024,
+        }
+    }
+}
+
+/// A config as read from a file: the settings, plus what `--check` and `main` report.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings, checked and with defaults filled in.
+    pub config: Config,
+    /// One line per unknown global, e.g. `proxy.lua: warning: unknown key 'worker' (did you
+    /// mean 'workers'?)`. The logger is not running yet when these are made, so `main`
+    /// prints them.
+    pub warnings: Vec<String>,
+    /// The keys the file did not set, whose values are defaults.
+    pub defaulted: Vec<&'static str>,
+}
+
+impl Loaded {
+    /// The resolved configuration as a valid `proxy.lua`, one key per line, with keys the
+    /// file did not set marked `-- default`. Printed by `rsp --check`.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        let secs = |d: Duration| d.as_secs_f64().to_string();
+        let names: Vec<String> = c
+            .backends
+            .iter()
+            .map(|b| format!("\"{}\"", b.name))
+            .collect();
+        let lines = [
+            ("listen", format!("\"{}\"", c.listen)),
+            ("backends", format!("{{ {} }}", names.join(", "))),
+            ("workers", c.workers.to_string()),
+            ("buffer_size", c.buffer_size.to_string()),
+            ("connect_timeout", secs(c.connect_timeout)),
+            ("idle_timeout", c.idle_timeout.map_or("0".into(), secs)),
+            ("backend_retry", secs(c.backend_retry)),
+            ("drain_timeout", secs(c.drain_timeout)),
+            (
+                "log_level",
+                format!("\"{}\"", c.log_level.as_str().to_lowercase()),
+            ),
+            ("mode", format!("\"{}\"", c.mode.name())),
+            ("max_buffered", c.max_buffered.to_string()),
+        ];
+        let mut out = String::new();
+        for (key, value) in lines {
+            out += &format!("{key} = {value}");
+            if self.defaulted.contains(&key) {
+                out += "  -- default";
+            } else if key == "backends" {
+                let addrs: Vec<String> = c.backends.iter().map(|b| b.addr.to_string()).collect();
+                out += &format!("  -- resolved to {}", addrs.join(", "));
+            }
+            out += "\n";
+        }
+        out
+    }
+}
+
+/// Why a config could not be loaded. Its `Display` is the one line `main` prints.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Open {
+        /// The path as given.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Lua could not run the file: a syntax or runtime error, already one line that starts
+    /// with `path:line:` when Lua knows the line.
+    Lua(String),
+    /// A key has a value rsp cannot use.
+    Value {
+        /// The config file's path, as given.
+        file: String,
+        /// The key, e.g. `workers` or `backends[2]`.
+        key: String,
+        /// What was expected and what was found.
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Open { path, source } => {
+                // "No such file or directory (os error 2)": the errno adds nothing for a user.
+                let text = source.to_string();
+                let text = text.split(" (os error").next().unwrap_or_default();
+                write!(f, "Error parsing config file: cannot open {path}: {text}")
+            }
+            ConfigError::Lua(message) => write!(f, "Error parsing config file: {message}"),
+            ConfigError::Value { file, key, message } => write!(f, "{file}: {key}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Open { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Reads, runs and checks the config file at `path`, resolving every address once.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let source = std::fs::read(path).map_err(|source| ConfigError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&source, &path.display().to_string())
+}
+
+/// Runs and checks config `source`; `file` names it in messages (normally its path).
+pub fn parse(source: &[u8], file: &str) -> Result<Loaded, ConfigError> {
+    let globals = run_lua(source, file).map_err(|e| ConfigError::Lua(one_line(&e, file)))?;
+    validate::build(file, &globals)
+}
+
+/// A config runs in well under a second; past this it is stuck in a loop.
+const TIME_LIMIT: Duration = Duration::from_secs(5);
+/// Far more memory than any config needs, so a runaway config fails instead of swapping.
+const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
+/// Base-library functions that read files; a config gets none (the C's had no libraries).
+const REMOVED_FUNCTIONS: [&str; 3] = ["dofile", "loadfile", "require"];
+
+/// Runs the file and returns every global it set, as plain Rust values.
+fn run_lua(source: &[u8], file: &str) -> rlua::Result<BTreeMap<String, Raw>> {
+    let lua = Lua::new_with(
+        StdLib::STRING | StdLib::TABLE | StdLib::MATH,
+        LuaOptions::default(),
+    )?;
+    lua.set_memory_limit(MEMORY_LIMIT)?;
+    for name in REMOVED_FUNCTIONS {
+        lua.globals().set(name, Value::Nil)?;
+    }
+    // Lua's own globals (print, string, _G, …) are not config keys: remember them.
+    let builtins: HashSet<String> = global_names(&lua)?.into_iter().collect();
+    let started = Instant::now();
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(100_000),
+        move |_, _| match started.elapsed() > TIME_LIMIT {
+            true => Err(rlua::Error::runtime(TIMEOUT_MESSAGE)),
+            false => Ok(()),
+        },
+    );
+    lua.load(source).set_name(format!("@{file}")).exec()?;
+    lua.remove_hook();
+    let mut values = BTreeMap::new();
+    for pair in lua.globals().pairs::<Value, Value>() {
+        let (key, value) = pair?;
+        if let Value::String(key) = key {
+            let key = key.to_string_lossy().into_owned();
+            if !builtins.contains(&key) {
+                values.insert(key, to_raw(&value, true)?);
+            }
+        }
+    }
+    Ok(values)
+}
+
+const TIMEOUT_MESSAGE: &str = "the config ran for more than 5 seconds (an endless loop?)";
+
+/// The names of the string keys of the globals table.
+fn global_names(lua: &Lua) -> rlua::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for pair in lua.globals().pairs::<Value, Value>() {
+        if let (Value::String(name), _) = pair? {
+            names.push(name.to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Copies a Lua value out of the state. Tables are copied one level deep (`backends` is
+/// a list of strings; nothing in a config nests deeper).
+fn to_raw(value: &Value, top: bool) -> rlua::Result<Raw> {
+    Ok(match value {
+        Value::Integer(i) => Raw::Number(*i as f64),
+        Value::Number(n) => Raw::Number(*n),
+        Value::String(s) => Raw::Str(s.to_string_lossy().into_owned()),
+        Value::Table(table) if top => {
+            let mut items = Vec::new();
+            for item in table.clone().sequence_values::<Value>() {
+                items.push(to_raw(&item?, false)?);
+            }
+            let only_list = table.clone().pairs::<Value, Value>().count() == items.len();
+            Raw::Table { items, only_list }
+        }
+        other => Raw::Other(other.type_name()),
+    })
+}
+
+/// Lua's error as one line: no "runtime error: " prefix, no stack traceback, and a clear
+/// sentence for the libraries a config does not get.
+fn one_line(error: &rlua::Error, file: &str) -> String {
+    let text = match error {
+        rlua::Error::SyntaxError { message, .. } => message.clone(),
+        rlua::Error::RuntimeError(message) => message.clone(),
+        rlua::Error::CallbackError { cause, .. } => return one_line(cause, file),
+        rlua::Error::MemoryError(_) => format!("{file}: the config used more than 64 MiB"),
+        other => other.to_string(),
+    };
+    let text = text.split("stack traceback:").next().unwrap_or_default();
+    let text: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let text = text.join(" ");
+    if let Some(text) = missing_library(&text) {
+        return text;
+    }
+    match text.as_str() {
+        // `error()` or `error(nil)`: nothing to show but where.
+        "" | "nil" => format!("{file}: error raised without a message"),
+        // `error("x", 0)`, `error({})` or our time limit: Lua gave no position.
+        // (Lua shortens a long file name to "...end/of/name.lua:3:".)
+        _ if !text.starts_with(&format!("{file}:")) && !text.starts_with("...") => {
+            format!("{file}: {text}")
+        }
+        _ => text,
+    }
+}
+
+/// Rewrites `proxy.lua:3: attempt to index a nil value (global 'os')` to say why.
+fn missing_library(text: &str) -> Option<String> {
+    const LIBRARIES: [&str; 6] = ["os", "io", "debug", "package", "utf8", "coroutine"];
+    let start = text.find("attempt to ")?;
+    let name = text[start..]
+        .split("(global '")
+        .nth(1)?
+        .split('\'')
+        .next()?;
+    let what = if LIBRARIES.contains(&name) {
+        format!("the '{name}' library is")
+    } else if REMOVED_FUNCTIONS.contains(&name) {
+        format!("'{name}' is")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{}{what} not available in a config (only string, table and math are)",
+        &text[..start]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(source: &str) -> String {
+        parse(source.as_bytes(), "proxy.lua")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn rewrites_missing_libraries() {
+        assert_eq!(
+            error("listen = 1\nos.execute('true')"),
+            "Error parsing config file: proxy.lua:2: the 'os' library is not available in \
+             a config (only string, table and math are)"
+        );
+        assert!(error("io.open('x')").contains(":1: the 'io' library is not available"));
+        assert!(error("dofile('x')").contains(":1: 'dofile' is not available"));
+    }
+
+    #[test]
+    fn lua_errors_are_one_line_with_the_line_number() {
+        let e = error("x = 1\nerror('boom')");
+        assert_eq!(e, "Error parsing config file: proxy.lua:2: boom");
+        let e = error("backends = {\n\"a:1\"\nworkers = 3");
+        assert!(
+            e.starts_with("Error parsing config file: proxy.lua:3: '}' expected"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn an_endless_loop_is_stopped() {
+        let e = error("while true do end");
+        assert!(e.contains("proxy.lua: the config ran for more than"), "{e}");
+    }
+
+    #[test]
+    fn describe_marks_defaults_and_reads_back() {
+        let src = "listen = '127.0.0.1:0'\nbackends = { '127.0.0.1:1' }\nworkers = 3\n";
+        let loaded = parse(src.as_bytes(), "p.lua").unwrap();
+        let text = loaded.describe();
+        assert!(text.contains("workers = 3\n"), "{text}");
+        assert!(text.contains("buffer_size = 16384  -- default\n"), "{text}");
+        // The description is itself a config that gives the same settings.
+        let again = parse(text.as_bytes(), "p.lua").unwrap();
+        assert_eq!(
+            again.describe().replace("  -- default", ""),
+            text.replace("  -- default", "")
+        );
+    }
 }

@@ -1,0 +1,38 @@
+-- proxy.lua: rsp's configuration. Run `rsp` (or `rsp proxy.lua`) to use it, and
+-- `rsp --check proxy.lua` to see how rsp reads it, with the defaults filled in.
+--
+-- This is a Lua file, run once at start with only Lua's string, table and math
+-- libraries (no os, no io). Only `listen` and `backends` are required; every other
+-- line below shows its default. The blog's part-3 keys (listenPort, backendAddress,
+-- backendPort) also work, but not mixed with listen/backends.
+
+-- Where clients connect, as "host:port". Port 0 lets the OS choose one (rsp prints it
+-- in its banner: "Started.  Listening on port N.").
+listen = "127.0.0.1:8000"
+
+-- One or more "host:port" backends, used round-robin. `make backend` starts the demo
+-- backend on 127.0.0.1:8888. Names such as "localhost:8888" are resolved once, at start.
+backends = { "127.0.0.1:8888" }
+
+-- "threads": a pool of worker threads, two blocking copies per connection.
+-- "mio": one event-loop thread (needs rsp built with the `mio` feature, the default).
+mode = "threads"
+
+-- Threads mode: how many connections are served at once; more clients wait their turn.
+workers = 256
+
+-- Bytes read at a time when copying between client and backend.
+buffer_size = 16384
+
+-- Mio mode: bytes queued for a slow reader, per direction, before rsp stops reading
+-- from the other side (so memory stays bounded however slow a client is).
+max_buffered = 262144
+
+-- Timeouts, in seconds (fractions such as 0.5 are fine).
+connect_timeout = 2    -- how long connecting to a backend may take
+idle_timeout = 300     -- close a connection quiet in both directions this long; 0 = never
+backend_retry = 10     -- how long a backend that refused a connection is skipped
+drain_timeout = 10     -- on Ctrl-C, how long to wait for open connections to finish
+
+-- How much rsp logs: "error", "warn", "info", "debug" or "trace".
+log_level = "info"

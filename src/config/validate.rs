@@ -1,0 +1,448 @@
+//! Checking the values a config set and turning them into a [`Config`]: plain Rust, no Lua.
+//!
+//! Numbers arrive as `f64` on purpose: reading `16384.5` straight into a `usize` would
+//! silently give 16384, so every whole-number key is checked for a fraction here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::{Backend, Config, ConfigError, Loaded, Mode};
+
+/// A value copied out of Lua, so that checking it needs no Lua state.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Raw {
+    /// Any Lua number (integers are exact up to 2^53, far past every range here).
+    Number(f64),
+    /// A Lua string.
+    Str(String),
+    /// A table: its list part `[1..n]`, and whether that was all it held.
+    Table { items: Vec<Raw>, only_list: bool },
+    /// Anything else, by Lua type name: `boolean`, `function`, a nested table…
+    Other(&'static str),
+}
+
+impl fmt::Display for Raw {
+    /// How a found value is shown after "got": `number 5`, `string "abc"`, `boolean`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Raw::Number(n) => write!(f, "number {n}"),
+            Raw::Str(s) => write!(f, "string {s:?}"),
+            Raw::Table {
+                only_list: false, ..
+            } => write!(f, "a table with named keys"),
+            Raw::Table { items, .. } if items.is_empty() => write!(f, "an empty table"),
+            Raw::Table { .. } => write!(f, "table"),
+            Raw::Other(kind) => write!(f, "{kind}"),
+        }
+    }
+}
+
+/// A found value after "got" in a range error: a number bare (`got 16384.5`), else typed.
+fn shown(value: &Raw) -> String {
+    match value {
+        Raw::Number(n) => n.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The keys rsp reads, in the order `--check` prints them.
+const KEYS: [&str; 11] = [
+    "listen",
+    "backends",
+    "workers",
+    "buffer_size",
+    "connect_timeout",
+    "idle_timeout",
+    "backend_retry",
+    "drain_timeout",
+    "log_level",
+    "mode",
+    "max_buffered",
+];
+/// The blog's part-3 keys, still accepted so a reader's part-3 config runs unchanged.
+const PART3_KEYS: [&str; 3] = ["listenPort", "backendAddress", "backendPort"];
+/// The longest timeout accepted, one year: larger values are surely a mistake.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Checks every key in `values` (the globals a config set) and builds the [`Loaded`].
+pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded, ConfigError> {
+    let mut c = Checker {
+        file,
+        values,
+        defaulted: Vec::new(),
+    };
+    let (listen, backends) = c.addresses()?;
+    let mut config = Config::with_defaults(listen, backends);
+    if let Some(n) = c.whole("workers", 1, 100_000)? {
+        config.workers = n as usize;
+    }
+    if let Some(n) = c.whole("buffer_size", 512, 16 << 20)? {
+        config.buffer_size = n as usize;
+    }
+    if let Some(d) = c.seconds("connect_timeout", false)? {
+        config.connect_timeout = d;
+    }
+    if let Some(d) = c.seconds("idle_timeout", true)? {
+        config.idle_timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(d) = c.seconds("backend_retry", true)? {
+        config.backend_retry = d;
+    }
+    if let Some(d) = c.seconds("drain_timeout", true)? {
+        config.drain_timeout = d;
+    }
+    if let Some(level) = c.choice("log_level", &LOG_LEVELS)? {
+        // Cannot fail: `choice` only returns one of LOG_LEVELS, all names `log` knows.
+        config.log_level = level.parse().unwrap_or(log::LevelFilter::Info);
+    }
+    if let Some(mode) = c.choice("mode", &["threads", "mio"])? {
+        if mode == "mio" && !cfg!(feature = "mio") {
+            let msg = "\"mio\" needs rsp built with the 'mio' feature (cargo build --features mio)";
+            return Err(c.error("mode", msg));
+        }
+        config.mode = if mode == "mio" {
+            Mode::Mio
+        } else {
+            Mode::Threads
+        };
+    }
+    if let Some(n) = c.whole("max_buffered", 1024, 1 << 30)? {
+        config.max_buffered = n as usize;
+    }
+    let warnings = values
+        .iter()
+        .filter(|(key, value)| !is_known(key) && **value != Raw::Other("function"))
+        .map(|(key, _)| unknown_key_warning(file, key))
+        .collect();
+    Ok(Loaded {
+        config,
+        warnings,
+        defaulted: c.defaulted,
+    })
+}
+
+fn is_known(key: &str) -> bool {
+    KEYS.contains(&key) || PART3_KEYS.contains(&key)
+}
+
+/// `proxy.lua: warning: unknown key 'worker' (did you mean 'workers'?)`
+fn unknown_key_warning(file: &str, key: &str) -> String {
+    match suggest(key) {
+        Some(known) => format!("{file}: warning: unknown key '{key}' (did you mean '{known}'?)"),
+        None => format!("{file}: warning: unknown key '{key}' (ignored)"),
+    }
+}
+
+/// The known key closest to `key`, if it is close enough to be a likely typo.
+fn suggest(key: &str) -> Option<&'static str> {
+    let key = key.to_lowercase();
+    let allowed = (key.chars().count() / 3).clamp(1, 3);
+    KEYS.iter()
+        .chain(PART3_KEYS.iter())
+        .map(|known| (levenshtein(&key, &known.to_lowercase()), *known))
+        .filter(|(distance, _)| *distance <= allowed)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
+}
+
+/// The number of one-character edits that turn `a` into `b`.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// Reads keys one by one, remembering which ones the file left out.
+struct Checker<'a> {
+    file: &'a str,
+    values: &'a BTreeMap<String, Raw>,
+    defaulted: Vec<&'static str>,
+}
+
+impl<'a> Checker<'a> {
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Value {
+            file: self.file.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The value of `key`, or `None` (and `key` noted as defaulted) if the file left it out.
+    fn get(&mut self, key: &'static str) -> Option<&'a Raw> {
+        let value = self.values.get(key);
+        if value.is_none() {
+            self.defaulted.push(key);
+        }
+        value
+    }
+
+    /// A whole number from `min` to `max`.
+    fn whole(&mut self, key: &'static str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        match value {
+            Raw::Number(n) if n.fract() == 0.0 && *n >= min as f64 && *n <= max as f64 => {
+                Ok(Some(*n as u64))
+            }
+            _ => Err(self.error(
+                key,
+                format!(
+                    "expected a whole number from {min} to {max}, got {}",
+                    shown(value)
+                ),
+            )),
+        }
+    }
+
+    /// A finite number of seconds, at most a year; zero only if `zero_ok`.
+    fn seconds(
+        &mut self,
+        key: &'static str,
+        zero_ok: bool,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        match value {
+            Raw::Number(n) if (*n > 0.0 || (zero_ok && *n == 0.0)) && *n <= MAX_SECONDS => {
+                Ok(Some(Duration::from_secs_f64(*n)))
+            }
+            _ => {
+                let low = if zero_ok {
+                    "from 0"
+                } else {
+                    "more than 0 and up"
+                };
+                let msg = format!(
+                    "expected a number of seconds {low} to {MAX_SECONDS}, got {}",
+                    shown(value)
+                );
+                Err(self.error(key, msg))
+            }
+        }
+    }
+
+    /// One of the strings in `allowed`.
+    fn choice(
+        &mut self,
+        key: &'static str,
+        allowed: &[&'static str],
+    ) -> Result<Option<&'static str>, ConfigError> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        if let Raw::Str(text) = value
+            && let Some(found) = allowed.iter().find(|a| **a == text.as_str())
+        {
+            return Ok(Some(found));
+        }
+        Err(self.error(
+            key,
+            format!(
+                "expected one of \"{}\", got {value}",
+                allowed.join("\", \"")
+            ),
+        ))
+    }
+
+    /// The listen address and backends, from `listen`/`backends` or the part-3 keys.
+    fn addresses(&mut self) -> Result<(SocketAddr, Vec<Backend>), ConfigError> {
+        let part3 = PART3_KEYS.iter().find(|k| self.values.contains_key(**k));
+        let modern = ["listen", "backends"]
+            .into_iter()
+            .find(|k| self.values.contains_key(*k));
+        match (part3, modern) {
+            (Some(old), Some(new)) => Err(self.error(
+                old,
+                format!(
+                    "cannot be mixed with '{new}' (use listen/backends, or the part-3 keys \
+                     listenPort/backendAddress/backendPort, not both)"
+                ),
+            )),
+            (Some(_), None) => self.part3_addresses(),
+            (None, _) => Ok((self.listen()?, self.backends()?)),
+        }
+    }
+
+    fn listen(&mut self) -> Result<SocketAddr, ConfigError> {
+        match self.values.get("listen") {
+            None => Err(self.error("listen", "missing; add e.g. listen = \"127.0.0.1:8000\"")),
+            Some(Raw::Str(text)) => resolve(text).map_err(|e| self.error("listen", e)),
+            Some(other) => Err(self.error(
+                "listen",
+                format!("expected a \"host:port\" string, got {other}"),
+            )),
+        }
+    }
+
+    fn backends(&mut self) -> Result<Vec<Backend>, ConfigError> {
+        let expected = "expected a list of \"host:port\" strings";
+        let items = match self.values.get("backends") {
+            None => {
+                return Err(self.error(
+                    "backends",
+                    "missing; add e.g. backends = { \"127.0.0.1:8888\" }",
+                ));
+            }
+            Some(Raw::Table {
+                items,
+                only_list: true,
+            }) if !items.is_empty() => items,
+            Some(other) => return Err(self.error("backends", format!("{expected}, got {other}"))),
+        };
+        let mut backends = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("backends[{}]", i + 1);
+            let Raw::Str(name) = item else {
+                return Err(
+                    self.error(&key, format!("expected a \"host:port\" string, got {item}"))
+                );
+            };
+            backends.push(backend(name).map_err(|e| self.error(&key, e))?);
+        }
+        Ok(backends)
+    }
+
+    /// The part-3 form: `listenPort` (on 127.0.0.1), `backendAddress`, `backendPort`.
+    fn part3_addresses(&mut self) -> Result<(SocketAddr, Vec<Backend>), ConfigError> {
+        let listen_port = self.part3_value("listenPort")?;
+        let host = self.part3_value("backendAddress")?;
+        let backend_port = self.part3_value("backendPort")?;
+        let listen = resolve(&format!("127.0.0.1:{listen_port}"))
+            .map_err(|e| self.error("listenPort", e))?;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let backend =
+            backend(&format!("{host}:{backend_port}")).map_err(|e| self.error("backendPort", e))?;
+        Ok((listen, vec![backend]))
+    }
+
+    /// A part-3 key as text; like the C, numbers are accepted and turned into text.
+    fn part3_value(&mut self, key: &'static str) -> Result<String, ConfigError> {
+        match self.values.get(key) {
+            Some(Raw::Str(text)) => Ok(text.trim().to_string()),
+            Some(Raw::Number(n)) => Ok(n.to_string()),
+            Some(other) => Err(self.error(key, format!("expected a string, got {other}"))),
+            None => Err(self.error(
+                key,
+                "missing (the part-3 form needs listenPort, backendAddress and backendPort)",
+            )),
+        }
+    }
+}
+
+/// A backend from its `"host:port"` text; port 0 cannot be connected to.
+fn backend(name: &str) -> Result<Backend, String> {
+    let addr = resolve(name)?;
+    if addr.port() == 0 {
+        return Err(format!("\"{name}\": port 0 is not a valid backend port"));
+    }
+    Ok(Backend {
+        name: name.to_string(),
+        addr,
+    })
+}
+
+/// Resolves `"host:port"` (`host` may be a name, an IPv4 or a `[bracketed]` IPv6 address).
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    let shape = || format!("expected \"host:port\", e.g. \"127.0.0.1:8000\", got \"{text}\"");
+    let (host, port) = text.rsplit_once(':').ok_or_else(shape)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(shape());
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("\"{text}\": the port must be a whole number from 0 to 65535"))?;
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve \"{text}\": {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("cannot resolve \"{text}\": no addresses"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_closest_known_key() {
+        assert_eq!(suggest("worker"), Some("workers"));
+        assert_eq!(suggest("Workers"), Some("workers"));
+        assert_eq!(suggest("buffersize"), Some("buffer_size"));
+        assert_eq!(suggest("listenport"), Some("listenPort"));
+        assert_eq!(suggest("mod"), Some("mode"));
+        assert_eq!(suggest("banana"), None);
+        assert_eq!(suggest("x"), None);
+    }
+
+    #[test]
+    fn levenshtein_counts_edits() {
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("same", "same"), 0);
+    }
+
+    fn check_whole(value: Raw) -> Result<Option<u64>, ConfigError> {
+        let values = BTreeMap::from([("workers".to_string(), value)]);
+        let mut c = Checker {
+            file: "p.lua",
+            values: &values,
+            defaulted: Vec::new(),
+        };
+        c.whole("workers", 1, 100_000)
+    }
+
+    #[test]
+    fn whole_numbers_must_be_whole_and_in_range() {
+        assert_eq!(check_whole(Raw::Number(256.0)).unwrap(), Some(256));
+        for bad in [0.0, 1.5, 100_001.0, f64::NAN, f64::INFINITY, -3.0] {
+            let e = check_whole(Raw::Number(bad)).unwrap_err().to_string();
+            assert!(
+                e.starts_with("p.lua: workers: expected a whole number from 1 to 100000, got"),
+                "{e}"
+            );
+        }
+        let e = check_whole(Raw::Str("8".into())).unwrap_err().to_string();
+        assert!(e.ends_with("got string \"8\""), "{e}");
+    }
+
+    #[test]
+    fn resolves_host_port_text() {
+        assert_eq!(resolve("127.0.0.1:80").unwrap().port(), 80);
+        assert_eq!(resolve("[::1]:80").unwrap().port(), 80);
+        assert!(resolve("localhost:80").is_ok());
+        assert!(
+            resolve("nonsense")
+                .unwrap_err()
+                .contains("expected \"host:port\"")
+        );
+        assert!(resolve(":80").is_err());
+        assert!(
+            resolve("127.0.0.1:65536")
+                .unwrap_err()
+                .contains("the port must be")
+        );
+        assert!(backend("127.0.0.1:0").unwrap_err().contains("port 0"));
+    }
+}

@@ -1,0 +1,360 @@
+//! rsp's config file (`proxy.lua`) and command line, tested against the real binary.
+//!
+//! Nearly everything here uses `rsp --check`, which reads the config and exits without
+//! listening, so these tests open no sockets.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{run_to_exit, temp_file};
+
+const RSP: &str = env!("CARGO_BIN_EXE_rsp");
+/// Generous: the machine is shared with other builds and tests.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// The smallest valid config; cases below add a line to it.
+const VALID: &str = "listen = \"127.0.0.1:0\"\nbackends = { \"127.0.0.1:1\" }\n";
+/// Every key rsp knows, in the order `--check` prints them.
+const KEYS: [&str; 11] = [
+    "listen",
+    "backends",
+    "workers",
+    "buffer_size",
+    "connect_timeout",
+    "idle_timeout",
+    "backend_retry",
+    "drain_timeout",
+    "log_level",
+    "mode",
+    "max_buffered",
+];
+
+/// Runs `rsp --check` on a file holding `text`; returns the exit code and all output.
+fn check(text: &str) -> (Option<i32>, String) {
+    let path = temp_file("proxy.lua", text);
+    run_to_exit(RSP, &["--check", path.to_str().unwrap()], TIMEOUT)
+}
+
+/// Asserts a failed run: exit 1, one non-empty line containing `expected`, no panic.
+fn assert_one_line_error(code: Option<i32>, output: &str, expected: &str) {
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(code, Some(1), "expected exit 1, output:\n{output}");
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{output}");
+    assert!(
+        lines[0].contains(expected),
+        "expected {expected:?} in:\n{output}"
+    );
+    assert!(!output.contains("panicked"), "{output}");
+}
+
+/// Like `run_to_exit`, but keeps stdout and stderr apart: (exit code, stdout, stderr).
+fn run_split(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(RSP)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let err = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rsp {args:?} did not exit within {TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    (status.code(), out.join().unwrap(), err.join().unwrap())
+}
+
+/// Each broken config exits 1 with one line that names the line or the key at fault.
+#[test]
+fn gives_error_messages_on_nonexistent_or_buggy_config_files() {
+    let missing = "/nonexistent-dir/proxy.lua";
+    let (code, output) = run_to_exit(RSP, &["--check", missing], TIMEOUT);
+    assert_one_line_error(
+        code,
+        &output,
+        "Error parsing config file: cannot open /nonexistent-dir/proxy.lua: No such file or directory",
+    );
+
+    let valid = |extra: &str| format!("{VALID}{extra}\n");
+    let cases: Vec<(String, &str)> = vec![
+        // Lua errors: "Error parsing config file: <path>:<line>: …"
+        (
+            "listen = \"127.0.0.1:0\"\nbackends = {\n  \"127.0.0.1:1\"\nworkers = 4\n".into(),
+            ".lua:4: '}' expected (to close '{' at line 2) near 'workers'",
+        ),
+        ("x = 1\nerror(\"boom\")\n".into(), ".lua:2: boom"),
+        (
+            "x = 1\n\nundefined_function()\n".into(),
+            ".lua:3: attempt to call a nil value (global 'undefined_function')",
+        ),
+        (
+            valid("os.execute(\"true\")"),
+            ".lua:3: the 'os' library is not available in a config (only string, table and math are)",
+        ),
+        (
+            valid("io.open(\"x\")"),
+            ".lua:3: the 'io' library is not available",
+        ),
+        (valid("dofile(\"x\")"), ".lua:3: 'dofile' is not available"),
+        // Values: "<path>: <key>: …"
+        ("listen = \"127.0.0.1:0\"\n".into(), "backends: missing"),
+        ("backends = { \"127.0.0.1:1\" }\n".into(), "listen: missing"),
+        (
+            "listen = \"127.0.0.1:0\"\nbackends = {}\n".into(),
+            "backends: expected a list of \"host:port\" strings, got an empty table",
+        ),
+        (
+            "listen = \"127.0.0.1:0\"\nbackends = 5\n".into(),
+            "backends: expected a list of \"host:port\" strings, got number 5",
+        ),
+        (
+            "listen = \"127.0.0.1:0\"\nbackends = { \"127.0.0.1:1\", true }\n".into(),
+            "backends[2]: expected a \"host:port\" string, got boolean",
+        ),
+        (
+            "listen = \"127.0.0.1:0\"\nbackends = { \"127.0.0.1:0\" }\n".into(),
+            "backends[1]: \"127.0.0.1:0\": port 0 is not a valid backend port",
+        ),
+        (
+            valid("workers = 0"),
+            "workers: expected a whole number from 1 to 100000, got 0",
+        ),
+        (
+            valid("workers = 1.5"),
+            "workers: expected a whole number from 1 to 100000, got 1.5",
+        ),
+        (
+            valid("buffer_size = 100"),
+            "buffer_size: expected a whole number from 512",
+        ),
+        (
+            valid("max_buffered = 1.5"),
+            "max_buffered: expected a whole number",
+        ),
+        (
+            valid("connect_timeout = 0"),
+            "connect_timeout: expected a number of seconds",
+        ),
+        (
+            valid("idle_timeout = -1"),
+            "idle_timeout: expected a number of seconds from 0",
+        ),
+        (
+            valid("drain_timeout = math.huge"),
+            "drain_timeout: expected a number of seconds",
+        ),
+        (
+            "listen = \"nonsense\"\nbackends = { \"127.0.0.1:1\" }\n".into(),
+            "listen: expected \"host:port\", e.g. \"127.0.0.1:8000\", got \"nonsense\"",
+        ),
+        (
+            "listen = \"127.0.0.1:99999\"\nbackends = { \"127.0.0.1:1\" }\n".into(),
+            "listen: \"127.0.0.1:99999\": the port must be a whole number from 0 to 65535",
+        ),
+        (
+            "listen = 8000\nbackends = { \"127.0.0.1:1\" }\n".into(),
+            "listen: expected a \"host:port\" string, got number 8000",
+        ),
+        (
+            valid("mode = \"turbo\""),
+            "mode: expected one of \"threads\", \"mio\", got string \"turbo\"",
+        ),
+        (
+            valid("log_level = \"loud\""),
+            "log_level: expected one of \"error\", \"warn\", \"info\", \"debug\", \"trace\"",
+        ),
+        (
+            valid("listenPort = \"8000\""),
+            "listenPort: cannot be mixed with 'listen'",
+        ),
+        (
+            "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\n".into(),
+            "backendPort: missing (the part-3 form needs listenPort, backendAddress and backendPort)",
+        ),
+    ];
+    for (text, expected) in &cases {
+        let (code, output) = check(text);
+        assert_one_line_error(code, &output, expected);
+    }
+}
+
+/// A value error names the file first, as `<path>: <key>: <message>`.
+#[test]
+fn value_errors_start_with_the_path_and_key() {
+    let path = temp_file("proxy.lua", &format!("{VALID}workers = 16384.5\n"));
+    let path = path.to_str().unwrap();
+    let (code, output) = run_to_exit(RSP, &["--check", path], TIMEOUT);
+    let expected =
+        format!("{path}: workers: expected a whole number from 1 to 100000, got 16384.5");
+    assert_one_line_error(code, &output, &expected);
+}
+
+/// Without `--check` a broken config also stops rsp at once, before it listens.
+#[test]
+fn a_broken_config_stops_rsp_before_it_listens() {
+    let path = temp_file("proxy.lua", "listen = \"127.0.0.1:0\"\n");
+    let (code, output) = run_to_exit(RSP, &[path.to_str().unwrap()], TIMEOUT);
+    assert_one_line_error(code, &output, "backends: missing");
+}
+
+/// The shipped `proxy.lua` is valid and sets every key.
+#[test]
+fn check_accepts_the_shipped_proxy_lua_and_prints_every_key() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.lua");
+    let (code, output) = run_to_exit(RSP, &["--check", shipped], TIMEOUT);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(!output.contains("warning"), "{output}");
+    assert!(output.contains("listen = \"127.0.0.1:8000\""), "{output}");
+    assert!(
+        output.contains("backends = { \"127.0.0.1:8888\" }"),
+        "{output}"
+    );
+    for key in KEYS {
+        let line = output.lines().find(|l| l.starts_with(&format!("{key} = ")));
+        let line = line.unwrap_or_else(|| panic!("no line for {key} in:\n{output}"));
+        assert!(
+            !line.contains("-- default"),
+            "shipped file sets {key}: {line}"
+        );
+    }
+}
+
+/// A config with only `listen` and `backends` shows every other key as a default.
+#[test]
+fn check_marks_the_keys_left_out_as_defaults() {
+    let (code, output) = check(VALID);
+    assert_eq!(code, Some(0), "{output}");
+    for (key, value) in [
+        ("workers", "256"),
+        ("buffer_size", "16384"),
+        ("connect_timeout", "2"),
+        ("idle_timeout", "300"),
+        ("backend_retry", "10"),
+        ("drain_timeout", "10"),
+        ("log_level", "\"info\""),
+        ("mode", "\"threads\""),
+        ("max_buffered", "262144"),
+    ] {
+        let line = format!("{key} = {value}  -- default");
+        assert!(
+            output.lines().any(|l| l == line),
+            "no {line:?} in:\n{output}"
+        );
+    }
+    assert!(output.contains("listen = \"127.0.0.1:0\"\n"), "{output}");
+}
+
+/// Values that were set are shown as set, fractions of seconds included.
+#[test]
+fn check_shows_the_values_that_were_set() {
+    let extra = "workers = 8\nconnect_timeout = 0.5\nidle_timeout = 0\nlog_level = \"debug\"\n";
+    let (code, output) = check(&format!("{VALID}{extra}"));
+    assert_eq!(code, Some(0), "{output}");
+    for line in [
+        "workers = 8",
+        "connect_timeout = 0.5",
+        "idle_timeout = 0",
+        "log_level = \"debug\"",
+    ] {
+        assert!(
+            output.lines().any(|l| l == line),
+            "no {line:?} in:\n{output}"
+        );
+    }
+}
+
+/// The blog's part-3 keys still work, strings or numbers, listening on 127.0.0.1.
+#[test]
+fn accepts_the_part3_keys() {
+    for text in [
+        "listenPort = \"8000\"\nbackendAddress = \"127.0.0.1\"\nbackendPort = \"8888\"\n",
+        "listenPort = 8000\nbackendAddress = \"127.0.0.1\"\nbackendPort = 8888\n",
+    ] {
+        let (code, output) = check(text);
+        assert_eq!(code, Some(0), "{output}");
+        assert!(output.contains("listen = \"127.0.0.1:8000\""), "{output}");
+        assert!(
+            output.contains("backends = { \"127.0.0.1:8888\" }"),
+            "{output}"
+        );
+        assert!(!output.contains("warning"), "{output}");
+    }
+}
+
+/// An unknown key is a warning with the closest known key, not an error.
+#[test]
+fn warns_about_unknown_keys_with_a_suggestion() {
+    let (code, output) = check(&format!("{VALID}worker = 3\nbanana = 1\n"));
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains(".lua: warning: unknown key 'worker' (did you mean 'workers'?)"),
+        "{output}"
+    );
+    assert!(
+        output.contains("warning: unknown key 'banana' (ignored)"),
+        "{output}"
+    );
+    assert!(output.contains("workers = 256  -- default"), "{output}");
+}
+
+/// `mode = "mio"` needs the `mio` feature; without it the error names the feature.
+#[test]
+fn mode_mio_depends_on_the_mio_feature() {
+    let (code, output) = check(&format!("{VALID}mode = \"mio\"\n"));
+    if cfg!(feature = "mio") {
+        assert_eq!(code, Some(0), "{output}");
+        assert!(output.contains("mode = \"mio\"\n"), "{output}");
+    } else {
+        assert_one_line_error(
+            code,
+            &output,
+            "mode: \"mio\" needs rsp built with the 'mio' feature",
+        );
+    }
+}
+
+/// `--help` and `--version` print to stdout and exit 0.
+#[test]
+fn help_and_version_exit_zero() {
+    let (code, out, err) = run_split(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("usage: rsp [CONFIG]"), "{out}");
+    assert!(err.is_empty(), "{err}");
+    let (code, out, _) = run_split(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), format!("rsp {}", env!("CARGO_PKG_VERSION")));
+}
+
+/// A bad command line prints the usage on stderr and exits 2.
+#[test]
+fn a_bad_command_line_exits_2_with_usage_on_stderr() {
+    for args in [
+        &["--bogus"][..],
+        &["a.lua", "b.lua"],
+        &["--check", "a.lua", "b.lua"],
+    ] {
+        let (code, out, err) = run_split(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains("usage: rsp [CONFIG]"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
