@@ -1,11 +1,12 @@
 //! Logging set-up: timestamped lines through `simplelog`.
 //!
-//! Every line looks like `[2026-11-26T15:30:01.123456789+01:00] INFO  message` (RFC 3339:
-//! date, time to the nanosecond, UTC offset): local time if the offset can be read (it
-//! must be read before threads start), else UTC (`Z`). simplelog's custom formats need
-//! the `time` crate as a direct dependency for its macro; RFC 3339 needs nothing more. Info, debug and
+//! Every line looks like `2026-11-26 15:30:01.123 +0000 [INFO] message`, like the C
+//! original's `+zzzz`: local time if the offset can be read (it must be read before threads
+//! start), else UTC. Info, debug and
 //! trace go to stdout, warnings and errors to stderr. Everything in rsp logs through the
 //! `log` macros, so the level set in `proxy.lua` silences whatever is below it.
+
+use std::io::IsTerminal;
 
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 
@@ -14,7 +15,9 @@ use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMod
 pub fn init(level: LevelFilter) {
     let mut builder = ConfigBuilder::new();
     builder
-        .set_time_format_rfc3339()
+        .set_time_format_custom(simplelog::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3] [offset_hour sign:mandatory][offset_minute]"
+        ))
         .set_thread_level(LevelFilter::Off)
         .set_target_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off);
@@ -22,5 +25,11 @@ pub fn init(level: LevelFilter) {
     let _ = builder.set_time_offset_to_local();
     let config = builder.build();
     // An error here only means a logger is already set, which is fine.
-    let _ = TermLogger::init(level, config, TerminalMode::Mixed, ColorChoice::Auto);
+    // Colours only for a person at a terminal, never in a file or a test's pipe.
+    let color = if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
+    let _ = TermLogger::init(level, config, TerminalMode::Mixed, color);
 }
