@@ -358,3 +358,28 @@ fn a_bad_command_line_exits_2_with_usage_on_stderr() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// A reader's part-3 config runs unchanged under rsp and proxies traffic.
+#[test]
+fn runs_a_part3_config_unchanged() {
+    let backend = common::Backend::hello();
+    let text = format!(
+        "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\nbackendPort = \"{}\"\n",
+        backend.port
+    );
+    let path = temp_file("part3.lua", &text);
+    let proxy = common::Proxy::spawn(RSP, &[path.display().to_string()]);
+    common::assert_hello(&common::http_get(proxy.port, "/").unwrap());
+}
+
+/// A listen address already in use ends rsp with one `rsp: …` line and exit code 1.
+#[test]
+fn a_listen_address_in_use_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = format!("listen = \"127.0.0.1:{port}\"\nbackends = {{ \"127.0.0.1:1\" }}\n");
+    let path = temp_file("proxy.lua", &text);
+    let (code, output) = run_to_exit(RSP, &[path.to_str().unwrap()], TIMEOUT);
+    assert_one_line_error(code, &output, &format!("127.0.0.1:{port}"));
+    assert!(output.starts_with("rsp: "), "{output}");
+}
