@@ -4,12 +4,14 @@
 //! state that has only the `string`, `table` and `math` libraries, copies every global the
 //! file set into plain Rust values, and drops the state (an `rlua::Lua` is not `Send`, a
 //! [`Config`] is). Checking those values and filling in defaults is plain Rust, in
-//! [`validate`](self) (`src/config/validate.rs`). rlua 0.20 is a thin wrapper over mlua 0.9,
-//! so moving to mlua means changing the `use rlua::…` line below.
+//! `src/config/validate.rs` (numbers, names, unknown keys) and `src/config/address.rs`
+//! (`listen`, `backends` and the blog's part-3 keys). rlua 0.20 is a thin wrapper over
+//! mlua 0.9, so moving to mlua means changing the one `use rlua::…` line below.
 //!
 //! Every error is one line that says where: `Error parsing config file: proxy.lua:3: …`
 //! for Lua errors, `proxy.lua: workers: …` for a bad value.
 
+mod address;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -18,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rlua::{HookTriggers, Lua, LuaOptions, StdLib, Value};
+use rlua::{Error as LuaError, HookTriggers, Lua, LuaOptions, Result as LuaResult, StdLib, Value};
 
 use validate::Raw;
 
@@ -223,7 +225,7 @@ const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 const REMOVED_FUNCTIONS: [&str; 3] = ["dofile", "loadfile", "require"];
 
 /// Runs the file and returns every global it set, as plain Rust values.
-fn run_lua(source: &[u8], file: &str) -> rlua::Result<BTreeMap<String, Raw>> {
+fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
     let lua = Lua::new_with(
         StdLib::STRING | StdLib::TABLE | StdLib::MATH,
         LuaOptions::default(),
@@ -238,7 +240,7 @@ fn run_lua(source: &[u8], file: &str) -> rlua::Result<BTreeMap<String, Raw>> {
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(100_000),
         move |_, _| match started.elapsed() > TIME_LIMIT {
-            true => Err(rlua::Error::runtime(TIMEOUT_MESSAGE)),
+            true => Err(LuaError::runtime(TIMEOUT_MESSAGE)),
             false => Ok(()),
         },
     );
@@ -260,7 +262,7 @@ fn run_lua(source: &[u8], file: &str) -> rlua::Result<BTreeMap<String, Raw>> {
 const TIMEOUT_MESSAGE: &str = "the config ran for more than 5 seconds (an endless loop?)";
 
 /// The names of the string keys of the globals table.
-fn global_names(lua: &Lua) -> rlua::Result<Vec<String>> {
+fn global_names(lua: &Lua) -> LuaResult<Vec<String>> {
     let mut names = Vec::new();
     for pair in lua.globals().pairs::<Value, Value>() {
         if let (Value::String(name), _) = pair? {
@@ -272,7 +274,7 @@ fn global_names(lua: &Lua) -> rlua::Result<Vec<String>> {
 
 /// Copies a Lua value out of the state. Tables are copied one level deep (`backends` is
 /// a list of strings; nothing in a config nests deeper).
-fn to_raw(value: &Value, top: bool) -> rlua::Result<Raw> {
+fn to_raw(value: &Value, top: bool) -> LuaResult<Raw> {
     Ok(match value {
         Value::Integer(i) => Raw::Number(*i as f64),
         Value::Number(n) => Raw::Number(*n),
@@ -291,12 +293,12 @@ fn to_raw(value: &Value, top: bool) -> rlua::Result<Raw> {
 
 /// Lua's error as one line: no "runtime error: " prefix, no stack traceback, and a clear
 /// sentence for the libraries a config does not get.
-fn one_line(error: &rlua::Error, file: &str) -> String {
+fn one_line(error: &LuaError, file: &str) -> String {
     let text = match error {
-        rlua::Error::SyntaxError { message, .. } => message.clone(),
-        rlua::Error::RuntimeError(message) => message.clone(),
-        rlua::Error::CallbackError { cause, .. } => return one_line(cause, file),
-        rlua::Error::MemoryError(_) => format!("{file}: the config used more than 64 MiB"),
+        LuaError::SyntaxError { message, .. } => message.clone(),
+        LuaError::RuntimeError(message) => message.clone(),
+        LuaError::CallbackError { cause, .. } => return one_line(cause, file),
+        LuaError::MemoryError(_) => format!("{file}: the config used more than 64 MiB"),
         other => other.to_string(),
     };
     let text = text.split("stack traceback:").next().unwrap_or_default();

@@ -5,10 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::{Backend, Config, ConfigError, Loaded, Mode};
+use super::{Config, ConfigError, Loaded, Mode};
 
 /// A value copied out of Lua, so that checking it needs no Lua state.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +61,7 @@ const KEYS: [&str; 11] = [
     "max_buffered",
 ];
 /// The blog's part-3 keys, still accepted so a reader's part-3 config runs unchanged.
-const PART3_KEYS: [&str; 3] = ["listenPort", "backendAddress", "backendPort"];
+pub(super) const PART3_KEYS: [&str; 3] = ["listenPort", "backendAddress", "backendPort"];
 /// The longest timeout accepted, one year: larger values are surely a mistake.
 const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
@@ -164,14 +163,14 @@ fn levenshtein(a: &str, b: &str) -> usize {
 }
 
 /// Reads keys one by one, remembering which ones the file left out.
-struct Checker<'a> {
-    file: &'a str,
-    values: &'a BTreeMap<String, Raw>,
-    defaulted: Vec<&'static str>,
+pub(super) struct Checker<'a> {
+    pub(super) file: &'a str,
+    pub(super) values: &'a BTreeMap<String, Raw>,
+    pub(super) defaulted: Vec<&'static str>,
 }
 
 impl<'a> Checker<'a> {
-    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Value {
             file: self.file.to_string(),
             key: key.to_string(),
@@ -257,128 +256,6 @@ impl<'a> Checker<'a> {
             ),
         ))
     }
-
-    /// The listen address and backends, from `listen`/`backends` or the part-3 keys.
-    fn addresses(&mut self) -> Result<(SocketAddr, Vec<Backend>), ConfigError> {
-        let part3 = PART3_KEYS.iter().find(|k| self.values.contains_key(**k));
-        let modern = ["listen", "backends"]
-            .into_iter()
-            .find(|k| self.values.contains_key(*k));
-        match (part3, modern) {
-            (Some(old), Some(new)) => Err(self.error(
-                old,
-                format!(
-                    "cannot be mixed with '{new}' (use listen/backends, or the part-3 keys \
-                     listenPort/backendAddress/backendPort, not both)"
-                ),
-            )),
-            (Some(_), None) => self.part3_addresses(),
-            (None, _) => Ok((self.listen()?, self.backends()?)),
-        }
-    }
-
-    fn listen(&mut self) -> Result<SocketAddr, ConfigError> {
-        match self.values.get("listen") {
-            None => Err(self.error("listen", "missing; add e.g. listen = \"127.0.0.1:8000\"")),
-            Some(Raw::Str(text)) => resolve(text).map_err(|e| self.error("listen", e)),
-            Some(other) => Err(self.error(
-                "listen",
-                format!("expected a \"host:port\" string, got {other}"),
-            )),
-        }
-    }
-
-    fn backends(&mut self) -> Result<Vec<Backend>, ConfigError> {
-        let expected = "expected a list of \"host:port\" strings";
-        let items = match self.values.get("backends") {
-            None => {
-                return Err(self.error(
-                    "backends",
-                    "missing; add e.g. backends = { \"127.0.0.1:8888\" }",
-                ));
-            }
-            Some(Raw::Table {
-                items,
-                only_list: true,
-            }) if !items.is_empty() => items,
-            Some(other) => return Err(self.error("backends", format!("{expected}, got {other}"))),
-        };
-        let mut backends = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let key = format!("backends[{}]", i + 1);
-            let Raw::Str(name) = item else {
-                return Err(
-                    self.error(&key, format!("expected a \"host:port\" string, got {item}"))
-                );
-            };
-            backends.push(backend(name).map_err(|e| self.error(&key, e))?);
-        }
-        Ok(backends)
-    }
-
-    /// The part-3 form: `listenPort` (on 127.0.0.1), `backendAddress`, `backendPort`.
-    fn part3_addresses(&mut self) -> Result<(SocketAddr, Vec<Backend>), ConfigError> {
-        let listen_port = self.part3_value("listenPort")?;
-        let host = self.part3_value("backendAddress")?;
-        let backend_port = self.part3_value("backendPort")?;
-        let listen = resolve(&format!("127.0.0.1:{listen_port}"))
-            .map_err(|e| self.error("listenPort", e))?;
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        let backend =
-            backend(&format!("{host}:{backend_port}")).map_err(|e| self.error("backendPort", e))?;
-        Ok((listen, vec![backend]))
-    }
-
-    /// A part-3 key as text; like the C, numbers are accepted and turned into text.
-    fn part3_value(&mut self, key: &'static str) -> Result<String, ConfigError> {
-        match self.values.get(key) {
-            Some(Raw::Str(text)) => Ok(text.trim().to_string()),
-            Some(Raw::Number(n)) => Ok(n.to_string()),
-            Some(other) => Err(self.error(key, format!("expected a string, got {other}"))),
-            None => Err(self.error(
-                key,
-                "missing (the part-3 form needs listenPort, backendAddress and backendPort)",
-            )),
-        }
-    }
-}
-
-/// A backend from its `"host:port"` text; port 0 cannot be connected to.
-fn backend(name: &str) -> Result<Backend, String> {
-    let addr = resolve(name)?;
-    if addr.port() == 0 {
-        return Err(format!("\"{name}\": port 0 is not a valid backend port"));
-    }
-    Ok(Backend {
-        name: name.to_string(),
-        addr,
-    })
-}
-
-/// Resolves `"host:port"` (`host` may be a name, an IPv4 or a `[bracketed]` IPv6 address).
-fn resolve(text: &str) -> Result<SocketAddr, String> {
-    let shape = || format!("expected \"host:port\", e.g. \"127.0.0.1:8000\", got \"{text}\"");
-    let (host, port) = text.rsplit_once(':').ok_or_else(shape)?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err(shape());
-    }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("\"{text}\": the port must be a whole number from 0 to 65535"))?;
-    let mut addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve \"{text}\": {e}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("cannot resolve \"{text}\": no addresses"))
 }
 
 #[cfg(test)]
@@ -425,24 +302,5 @@ mod tests {
         }
         let e = check_whole(Raw::Str("8".into())).unwrap_err().to_string();
         assert!(e.ends_with("got string \"8\""), "{e}");
-    }
-
-    #[test]
-    fn resolves_host_port_text() {
-        assert_eq!(resolve("127.0.0.1:80").unwrap().port(), 80);
-        assert_eq!(resolve("[::1]:80").unwrap().port(), 80);
-        assert!(resolve("localhost:80").is_ok());
-        assert!(
-            resolve("nonsense")
-                .unwrap_err()
-                .contains("expected \"host:port\"")
-        );
-        assert!(resolve(":80").is_err());
-        assert!(
-            resolve("127.0.0.1:65536")
-                .unwrap_err()
-                .contains("the port must be")
-        );
-        assert!(backend("127.0.0.1:0").unwrap_err().contains("port 0"));
     }
 }
