@@ -92,14 +92,12 @@ fn load_config(path: &str) -> Result<Config, String> {
         .set_environment(env.clone())
         .exec() // New in part 3
         .map_err(|e| format!("Error parsing config file: {}", first_line(&e.to_string())))?;
-    // Like the C's `lua_isstring`: a string or a number is accepted (Lua turns 8000 into
-    // "8000"); anything else, a missing global (nil) included, is an error naming the key.
+    // Reading a Lua value as a Rust `String` works like the C's `lua_isstring`: a string,
+    // or a number that Lua turns into one (8000 gives "8000"). Anything else, a missing
+    // global (nil) included, fails, and we say which setting it was.
     let get = |name: &str| -> Result<String, String> {
-        let value = env.get(name).ok();
-        match value.map(|v| lua.coerce_string(v)) {
-            Some(Ok(Some(text))) => Ok(text.to_string_lossy().into_owned()),
-            _ => Err(format!("{name} must be a string")),
-        }
+        env.get::<_, String>(name) // New in part 3
+            .map_err(|_| format!("{name} must be a string"))
     };
     Ok(Config {
         listen_port: get("listenPort")?, // New in part 3

@@ -1,0 +1,66 @@
+//! Part 1's behaviour, as exercises: `make test-1` (or `cargo test --test part1_single_connection`).
+//!
+//! Each test runs against every target that has the behaviour: lesson part 1, every later
+//! part, and `rsp` (see `Target::from_part` in `tests/common/mod.rs`). A failure names the
+//! target in its message.
+//!
+//! What these tests cannot see: they send small requests in one write, so part 1's single
+//! read of the request always gets all of it. A request bigger than 4096 bytes, or one
+//! typed slowly by hand (`nc 127.0.0.1 8000`, then type), would show that limit.
+//!
+//! Try this:
+//! - In part 1, replace the `loop` that copies the response with one `read` and `write_all`.
+//!   Does `can_proxy_http_request_to_backend` still pass, every time? (The mock backend
+//!   writes the head and the body separately: how many reads can that take?)
+//! - In part 1, put back the C's behaviour on a failed backend connect: `process::exit(1)`
+//!   in place of the `eprintln!` in the accept loop. Which test fails, and how?
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// The C project's first functional test: two GETs in a row through the proxy both get the
+/// mock backend's answer.
+#[test]
+fn can_proxy_http_request_to_backend() {
+    let backend = Backend::hello();
+    for target in Target::from_part(1) {
+        let proxy = target.start(backend.port);
+        for attempt in 1..=2 {
+            let response = http_get(proxy.port, "/")
+                .unwrap_or_else(|e| panic!("{target:?}: request {attempt} failed: {e}"));
+            let text = String::from_utf8_lossy(&response);
+            assert!(
+                text.starts_with("HTTP/1.0 200"),
+                "{target:?}: request {attempt}: bad response {text:?}"
+            );
+            assert_eq!(
+                body(&response),
+                HELLO.as_bytes(),
+                "{target:?}: request {attempt}: bad body in {text:?}"
+            );
+        }
+    }
+}
+
+/// The C exited when it could not connect to the backend; every Rust version logs the
+/// error, closes that one client, and goes on accepting.
+#[test]
+fn keeps_running_when_the_backend_is_down() {
+    let port = dead_port();
+    for target in Target::from_part(1) {
+        let mut proxy = target.start(port);
+        for attempt in 1..=2 {
+            // Nothing to check in the answer: a closed connection, a reset, or (for a proxy
+            // that speaks HTTP) an error page are all fine. It must not hang: `connect`
+            // sets a 10 s read timeout, and `http_get` returns its error.
+            let _ = http_get(proxy.port, "/");
+            assert!(
+                proxy.wait_exit(Duration::from_millis(100)).is_none(),
+                "{target:?} exited after request {attempt} to a dead backend; output:\n{}",
+                proxy.output()
+            );
+        }
+    }
+}

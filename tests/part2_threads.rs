@@ -1,0 +1,191 @@
+//! Part 2's behaviour, as exercises: `make test-2` (or `cargo test --test part2_threads`).
+//!
+//! Each test runs against lesson part 2, every later part, and `rsp` (`Target::from_part(2)`);
+//! one more runs the concurrency test against part 1 and asserts that it FAILS there: the
+//! C project wrote that test first, to motivate part 2. A failure names the target.
+//!
+//! What these tests cannot see: they time four requests, not four thousand, so they say
+//! nothing about how a thread per connection scales (see the benchmarks for that). And a
+//! proxy that leaks a thread per connection would still pass every test but the last one,
+//! which only counts the lessons' threads.
+//!
+//! Try this:
+//! - In part 2, delete the `shutdown(Shutdown::Write)` after the copy loop. Which test
+//!   hangs until the client's 10 s timeout, and why does the echo backend never finish?
+//! - In part 2, delete the two `shutdown(Shutdown::Both)` lines on the error path. Which
+//!   test now takes 10 s, and which thread is still blocked, in which `read`?
+//! - In part 2, serve each client on the main thread (call `handle_client_connection`
+//!   directly, with no `spawn`). Which tests fail, and what does that make of part 2?
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long the slow backend waits before it answers.
+const DELAY: Duration = Duration::from_millis(400);
+
+/// Sends four requests at once through `proxy`, and returns how long they all took.
+fn four_simultaneous_requests(target: Target, proxy: &Proxy) -> Duration {
+    let start = Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let port = proxy.port;
+            thread::spawn(move || http_get(port, "/"))
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let response = client
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{target:?}: request {i} failed: {e}"));
+        assert_eq!(
+            body(&response),
+            HELLO.as_bytes(),
+            "{target:?}: request {i}: bad response {:?}",
+            String::from_utf8_lossy(&response)
+        );
+    }
+    start.elapsed()
+}
+
+/// The C project's second functional test: four requests to a slow backend, at once,
+/// finish in about the time of one (here 0.4 s each; all four in under 1.2 s).
+#[test]
+fn can_handle_multiple_simultaneous_connections() {
+    let backend = Backend::slow(DELAY);
+    for target in Target::from_part(2) {
+        let proxy = target.start(backend.port);
+        let took = four_simultaneous_requests(target, &proxy);
+        assert!(
+            took < DELAY * 3,
+            "{target:?}: four requests to a {DELAY:?} backend took {took:?}"
+        );
+    }
+}
+
+/// The problem before the fix: part 1 serves one client at a time, so the four requests
+/// queue up and take at least 4 × 0.4 s. All four still succeed (they wait in the listen
+/// queue), they are just slow.
+#[test]
+fn part1_cannot_handle_multiple_simultaneous_connections() {
+    let backend = Backend::slow(DELAY);
+    let target = Target::Part1;
+    let proxy = target.start(backend.port);
+    let took = four_simultaneous_requests(target, &proxy);
+    assert!(
+        took >= DELAY * 4,
+        "part 1 is meant to serve one client at a time, but four requests took {took:?}"
+    );
+}
+
+/// A client that sends everything and then half-closes (`shutdown(Write)`) gets all of its
+/// bytes back from an echo backend: the proxy passes the end of file on to the backend,
+/// and keeps copying the other direction until the backend closes too.
+#[test]
+fn can_pass_a_half_close_on_to_the_backend() {
+    let backend = Backend::echo();
+    let sent = random_bytes(1024 * 1024, 2);
+    for target in Target::from_part(2) {
+        let proxy = target.start(backend.port);
+        let mut client = connect(proxy.port);
+        // Write on another thread: the echo comes back while we are still sending, and
+        // nobody would read it if this thread were busy writing.
+        let mut writer = client.try_clone().unwrap();
+        let data = sent.clone();
+        let sender = thread::spawn(move || {
+            writer.write_all(&data)?;
+            writer.shutdown(Shutdown::Write)
+        });
+        let mut received = Vec::new();
+        let read = client.read_to_end(&mut received);
+        sender
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{target:?}: sending failed: {e}"));
+        read.unwrap_or_else(|e| panic!("{target:?}: reading the echo failed: {e}"));
+        assert_eq!(received.len(), sent.len(), "{target:?}: echo length");
+        assert_eq!(sha256(&received), sha256(&sent), "{target:?}: echo bytes");
+    }
+}
+
+/// A backend for the failure test: `/reset` resets the connection (it closes the socket
+/// with request bytes still unread, which makes the kernel send RST, not FIN); `/big`
+/// answers 4 MiB; anything else gets the usual hello.
+fn flaky_backend() -> Backend {
+    Backend::start(|mut stream| {
+        let Ok(path) = read_request(&mut stream) else {
+            return;
+        };
+        match path.as_str() {
+            "/reset" => drop(stream),
+            "/big" => {
+                let _ = write_http_response(&mut stream, &vec![b'x'; 4 << 20]);
+            }
+            _ => {
+                let _ = write_http_response(&mut stream, HELLO.as_bytes());
+            }
+        }
+    })
+}
+
+/// A per-connection error never stops the accept loop, nor leaks the threads that served
+/// it: a client that connects and leaves, a backend that resets, and a client that resets
+/// in the middle of a response all fail alone; the next request is served as usual.
+#[test]
+fn keeps_serving_after_a_connection_fails() {
+    let backend = flaky_backend();
+    for target in Target::from_part(2) {
+        let mut proxy = target.start(backend.port);
+        let start = Instant::now();
+
+        // 1. A client that connects and goes away without a word.
+        drop(connect(proxy.port));
+
+        // 2. A backend that resets. The bytes after the request head stay unread in the
+        // backend, hence its RST. The client must hear the end quickly, not time out.
+        let mut client = connect(proxy.port);
+        client
+            .write_all(b"GET /reset HTTP/1.0\r\n\r\nunread bytes")
+            .unwrap();
+        let _ = client.read_to_end(&mut Vec::new());
+
+        // 3. A client that resets: it reads 1 byte of a 4 MiB answer, then closes with the
+        // rest unread in its socket, so its kernel sends RST to the proxy.
+        let mut client = connect(proxy.port);
+        client.write_all(b"GET /big HTTP/1.0\r\n\r\n").unwrap();
+        let _ = client.read(&mut [0u8; 1]);
+        drop(client);
+
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{target:?}: the failed connections took {:?}",
+            start.elapsed()
+        );
+        let response = http_get(proxy.port, "/")
+            .unwrap_or_else(|e| panic!("{target:?}: the request after the failures: {e}"));
+        assert_eq!(
+            body(&response),
+            HELLO.as_bytes(),
+            "{target:?}: after failures"
+        );
+        assert!(
+            proxy.wait_exit(Duration::from_millis(100)).is_none(),
+            "{target:?} exited; output:\n{}",
+            proxy.output()
+        );
+
+        // The lessons spawn threads per connection: once every connection has ended, only
+        // the main thread may be left. (`rsp` keeps a pool, so its count is not checked.)
+        if matches!(target, Target::Part2 | Target::Part3) {
+            assert!(
+                proxy.eventually(Duration::from_secs(5), |p| p.threads() == 1),
+                "{target:?}: {} threads left after every connection ended",
+                proxy.threads()
+            );
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Part 3's behaviour, as exercises: `make test-3` (or `cargo test --test part3_lua_config`).
+//!
+//! Parts 3, 4 and 5 read the same Lua config (`part4 [--broken] <config.lua>`,
+//! `part5 <config.lua>`), so these tests run against all three. `rsp` reads a different
+//! config (`proxy.lua`), which its own tests cover. A failure names the target.
+//!
+//! What these tests cannot see: a config that loops forever (`while true do end`) hangs
+//! the lessons, as it hung the C; nothing here times Lua out. And they only check that
+//! `os` and `print` are missing, not every other function a config could call.
+//!
+//! Try this:
+//! - In part 3, open the standard libraries (`Lua::new()`) and run the chunk in the real
+//!   globals (no `set_environment`; read `lua.globals()`). Which test fails, and what could
+//!   a config file now do to the machine it runs on?
+//! - In part 3, name the chunk `path` instead of `"@" + path`. What does a syntax error
+//!   say now, and which assertion notices?
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// How long a binary may take to fail on a bad config.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The binaries that read the part-3 config file.
+fn config_targets() -> Vec<Target> {
+    let mut targets = vec![Target::Part3, Target::Part4];
+    if cfg!(feature = "mio") {
+        targets.push(Target::Part5);
+    }
+    targets
+}
+
+/// Runs `target` on the config `text`, expects it to exit 1 with a one-line message that
+/// contains every string in `expected`, and returns the message.
+fn assert_config_error(target: Target, text: &str, expected: &[&str]) -> String {
+    let path = temp_file("bad.lua", text);
+    let path = path.to_str().unwrap();
+    let (code, output) = run_to_exit(target.binary(), &[path], EXIT_TIMEOUT);
+    let wanted: Vec<String> = expected.iter().map(|e| e.replace("{path}", path)).collect();
+    assert_eq!(
+        code,
+        Some(1),
+        "{target:?} on {text:?}: exit code; output:\n{output}"
+    );
+    assert_eq!(
+        output.lines().count(),
+        1,
+        "{target:?} on {text:?}: not one line:\n{output}"
+    );
+    for want in &wanted {
+        assert!(
+            output.contains(want),
+            "{target:?} on {text:?}: no {want:?} in {output:?}"
+        );
+    }
+    output
+}
+
+/// The C project's config test, extended: a missing file, a syntax error, a missing or
+/// badly typed setting, and a call into a library that was never opened all give a
+/// one-line message and exit status 1.
+#[test]
+fn gives_error_messages_on_nonexistent_or_buggy_config_files() {
+    for target in config_targets() {
+        // A file that does not exist (the C said "cannot open <path>: No such file...").
+        let missing = "/definitely_does_not_exist";
+        let (code, output) = run_to_exit(target.binary(), &[missing], EXIT_TIMEOUT);
+        assert_eq!(
+            code,
+            Some(1),
+            "{target:?}: missing file: exit code; output:\n{output}"
+        );
+        assert!(
+            output.starts_with("Error parsing config file:") && output.contains(missing),
+            "{target:?}: missing file: {output:?}"
+        );
+
+        // The C test's buggy file, then a syntax error on line 3: the message names the
+        // file and the line.
+        let buggy = "dfs'df';f'#as'\n";
+        assert_config_error(target, buggy, &["Error parsing config file:", "{path}"]);
+        let unclosed = "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\nbackendPort = {\n";
+        assert_config_error(target, unclosed, &["Error parsing config file:", "{path}:"]);
+
+        // A missing setting, and settings of the wrong type.
+        let no_backend_port = "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\n";
+        assert_config_error(target, no_backend_port, &["backendPort must be a string"]);
+        let table = "listenPort = {}\nbackendAddress = \"127.0.0.1\"\nbackendPort = \"1\"\n";
+        assert_config_error(target, table, &["listenPort must be a string"]);
+        let boolean = "listenPort = \"0\"\nbackendAddress = true\nbackendPort = \"1\"\n";
+        assert_config_error(target, boolean, &["backendAddress must be a string"]);
+
+        // No standard library: `os` and `print` do not exist, so calling them is an error
+        // while the file runs (and nothing is printed, nor executed).
+        let os = "home = os.getenv(\"HOME\")\n";
+        assert_config_error(target, os, &["Error parsing config file:", "os"]);
+        let print = "print(\"hello from the config\")\n";
+        let output = assert_config_error(target, print, &["Error parsing config file:"]);
+        assert!(
+            !output.contains("hello from the config"),
+            "{target:?}: print ran"
+        );
+
+        // A value that is a string but not a port number is refused, naming the setting.
+        let not_a_port = "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\nbackendPort = 8.5\n";
+        assert_config_error(target, not_a_port, &["backendPort"]);
+    }
+}
+
+/// The wrong number of arguments prints a usage line and exits 1.
+#[test]
+fn gives_usage_on_wrong_arguments() {
+    for target in config_targets() {
+        for args in [&[][..], &["a.lua", "b.lua", "c.lua"][..]] {
+            let (code, output) = run_to_exit(target.binary(), args, EXIT_TIMEOUT);
+            assert_eq!(
+                code,
+                Some(1),
+                "{target:?} {args:?}: exit code; output:\n{output}"
+            );
+            assert!(output.contains("Usage:"), "{target:?} {args:?}: {output:?}");
+        }
+    }
+}
+
+/// Starts `target` on the config `text` and checks that it proxies a request.
+fn assert_proxies_with(target: Target, text: &str) {
+    let path = temp_file("good.lua", text);
+    let proxy = Proxy::spawn(target.binary(), &[path.display().to_string()]);
+    let response = http_get(proxy.port, "/")
+        .unwrap_or_else(|e| panic!("{target:?} on {text:?}: request failed: {e}"));
+    assert_eq!(body(&response), HELLO.as_bytes(), "{target:?} on {text:?}");
+}
+
+/// The C tests wrote their config with no newline between the settings (their Python
+/// `writelines` added none); it works because Lua needs no separator between statements.
+#[test]
+fn accepts_a_config_written_as_the_c_tests_wrote_it() {
+    let backend = Backend::hello();
+    let port = backend.port;
+    let text = format!("listenPort = \"0\"backendAddress = \"127.0.0.1\"backendPort = \"{port}\"");
+    for target in config_targets() {
+        assert_proxies_with(target, &text);
+    }
+}
+
+/// Numbers are accepted where strings are expected, as the C's `lua_isstring` accepted
+/// them; and a config may compute its values, since it is a Lua program.
+#[test]
+fn accepts_numbers_for_the_ports() {
+    let backend = Backend::hello();
+    let port = backend.port;
+    let text = format!(
+        "-- ports as numbers\nlistenPort = 0\nbackendAddress = \"127.0.\" .. 0 .. \".1\"\n\
+         backendPort = {} + 1\n",
+        port - 1
+    );
+    for target in config_targets() {
+        assert_proxies_with(target, &text);
+    }
+}
