@@ -109,7 +109,8 @@ fn backend(name: &str) -> Result<Backend, String> {
     })
 }
 
-/// Resolves `"host:port"` (`host` may be a name, an IPv4 or a `[bracketed]` IPv6 address).
+/// Resolves `"host:port"` (`host` may be a name, an IPv4 or a `[bracketed]` IPv6 address)
+/// to one address.
 fn resolve(text: &str) -> Result<SocketAddr, String> {
     let shape = || format!("expected \"host:port\", e.g. \"127.0.0.1:8000\", got \"{text}\"");
     let (host, port) = text.rsplit_once(':').ok_or_else(shape)?;
@@ -123,11 +124,16 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
     let port: u16 = port
         .parse()
         .map_err(|_| format!("\"{text}\": the port must be a whole number from 0 to 65535"))?;
-    let mut addrs = (host, port)
+    let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve \"{text}\": {e}"))?;
-    addrs
-        .next()
+        .map_err(|e| format!("cannot resolve \"{text}\": {e}"))?
+        .collect();
+    // A name can have several addresses (`localhost` is often ::1 and 127.0.0.1). Prefer
+    // IPv4, so that `localhost:8888` reaches a backend listening on 127.0.0.1 only.
+    let first_v4 = addrs.iter().find(|a| a.is_ipv4());
+    first_v4
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("cannot resolve \"{text}\": no addresses"))
 }
 
@@ -139,7 +145,7 @@ mod tests {
     fn resolves_host_port_text() {
         assert_eq!(resolve("127.0.0.1:80").unwrap().port(), 80);
         assert_eq!(resolve("[::1]:80").unwrap().port(), 80);
-        assert!(resolve("localhost:80").is_ok());
+        assert!(resolve("localhost:80").unwrap().is_ipv4());
         assert!(
             resolve("nonsense")
                 .unwrap_err()
