@@ -2,6 +2,7 @@
 .DEFAULT_GOAL := help
 .PHONY: help build run backend test lint clean diff \
         run-1 run-2 run-3 run-4 run-5 test-1 test-2 test-3 test-4 test-5
+.PHONY: bench bench-deps
 
 CARGO ?= cargo
 BIN := target/debug
@@ -66,6 +67,13 @@ diff: ## show what changed between two lessons: make diff A=1 B=2
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
+
+bench: ## compare rsp with HAProxy, nginx and direct (BENCH_QUICK=1 for a smoke run)
+	$(CARGO) build --release --bins
+	python3 bench/bench.py
+
+bench-deps: ## install wrk, ab, HAProxy and nginx for make bench (apt, needs root)
+	bash bench/deps.sh
 
 clean: ## remove build output
 	$(CARGO) clean

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""`make bench`: rsp side by side with HAProxy, nginx and a direct connection.
+
+    python3 bench/bench.py            # full run: 3 rounds, writes BENCHMARKS.md, bench/ratios.svg
+    python3 bench/bench.py --quick    # smoke test (or BENCH_QUICK=1): 1 short round,
+                                      # writes target/bench-quick/ instead
+
+Starts a backend (nginx serving static files if installed, else rsp's demo backend),
+then every proxy it can find (rsp in threads mode and in mio mode, HAProxy `mode tcp`,
+nginx `stream`), all on 127.0.0.1 with ports chosen at run time. It measures every target
+in the same run, interleaved (A B C A B C), and reports medians. Missing tools are named
+and their targets skipped. Everything it starts it stops by PID. Standard library only.
+Build rsp first: `cargo build --release --bins` (`make bench` does).
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import loads
+import procs
+import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+BULK_SIZE = 100 * 1024 * 1024
+SMALL_BODY = b"rsp bench: a 100-byte response body, the size of a small API reply or a redirect page.....\n"
+
+
+class Settings:
+    """How long each load runs. `quick` is a smoke test, not a measurement."""
+
+    def __init__(self, quick):
+        self.quick = quick
+        self.rounds = 1 if quick else 3
+        self.wrk_seconds = 2 if quick else 10
+        self.ab_new_conn = 2000 if quick else 20000
+        self.ab_c_author = 2000 if quick else 100000
+        self.bulk_repeats = 1 if quick else 5
+        self.idle_counts = (1000,) if quick else (1000, 5000)
+        self.rsp_workers = int(os.environ.get("BENCH_RSP_WORKERS", "256"))
+
+
+class Target:
+    """One thing to measure: a port to send load to and the PID whose cost we read."""
+
+    def __init__(self, name, server, is_proxy=True):
+        self.name = name
+        self.server = server
+        self.is_proxy = is_proxy
+
+    @property
+    def port(self):
+        return self.server.port
+
+    @property
+    def pid(self):
+        return self.server.pid
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def alive(self):
+        return self.server.proc.poll() is None
+
+
+# ---------------------------------------------------------------- starting things
+
+def start_backend(tmp, notes):
+    """nginx with a 100-byte and a 100 MiB static file, else the demo backend."""
+    if shutil.which("nginx"):
+        www = os.path.join(tmp, "www")
+        os.makedirs(www)
+        os.makedirs(os.path.join(tmp, "nginx_tmp"))
+        with open(os.path.join(www, "small.html"), "wb") as f:
+            f.write(SMALL_BODY)
+        with open(os.path.join(www, "big.bin"), "wb") as f:
+            chunk = b"0123456789\n" * (1 << 16)
+            for _ in range(BULK_SIZE // len(chunk)):
+                f.write(chunk)
+            f.write(chunk[: BULK_SIZE % len(chunk)])
+        port = procs.free_port()
+        conf = procs.write_conf(f"{tmp}/backend.conf", procs.nginx_backend_conf(tmp, port), "nginx backend")
+        server = procs.Server("backend", nginx_argv(tmp, conf), f"{tmp}/backend.log", port)
+        server.wait_ready(banner=False)
+        notes.append(f"Backend: nginx (1 worker) serving static files on port {port}.")
+        return server, "/small.html", "/big.bin"
+    server = procs.Server("backend", [f"{RELEASE}/demo_backend", "0"], f"{tmp}/backend.log")
+    server.wait_ready()
+    notes.append("Backend: rsp's demo_backend (nginx is not installed).")
+    return server, "/", f"/bytes/{BULK_SIZE}"
+
+
+def nginx_argv(tmp, conf):
+    return ["nginx", "-p", tmp + "/", "-e", f"{tmp}/nginx-startup.err", "-c", conf,
+            "-g", "daemon off;"]
+
+
+def start_proxies(tmp, backend_port, settings, notes):
+    """Every proxy that is installed and starts; the others are named in `notes`."""
+    starters = [("HAProxy", start_haproxy), ("nginx", start_nginx),
+                ("rsp-threads", start_rsp), ("rsp-mio", start_rsp)]
+    targets = []
+    for name, start in starters:
+        try:
+            server = start(name, tmp, backend_port, settings)
+        except (RuntimeError, OSError) as e:
+            notes.append(f"Skipped {name}: {str(e).splitlines()[0]}")
+            print(f"bench: skipping {name}: {e}", file=sys.stderr)  # the whole message
+            continue
+        targets.append(Target(name, server))
+    return targets
+
+
+def start_haproxy(name, tmp, backend_port, settings):
+    if not shutil.which("haproxy"):
+        raise RuntimeError("haproxy is not installed (make bench-deps)")
+    port = procs.free_port()
+    conf = procs.write_conf(f"{tmp}/haproxy.cfg", procs.haproxy_conf(port, backend_port), name)
+    server = procs.Server(name, ["haproxy", "-f", conf], f"{tmp}/haproxy.log", port)
+    server.wait_ready(banner=False)
+    return server
+
+
+def start_nginx(name, tmp, backend_port, settings):
+    if not shutil.which("nginx"):
+        raise RuntimeError("nginx is not installed (make bench-deps)")
+    if not os.path.exists(procs.NGINX_STREAM_MODULE):
+        raise RuntimeError("nginx's stream module is not installed (libnginx-mod-stream)")
+    port = procs.free_port()
+    conf = procs.write_conf(f"{tmp}/proxy.conf", procs.nginx_proxy_conf(tmp, port, backend_port), name)
+    server = procs.Server(name, nginx_argv(tmp, conf), f"{tmp}/nginx-proxy.log", port)
+    server.wait_ready(banner=False)
+    return server
+
+
+def start_rsp(name, tmp, backend_port, settings):
+    binary = f"{RELEASE}/rsp"
+    if not os.path.exists(binary):
+        raise RuntimeError(f"{binary} not found (cargo build --release --bins)")
+    mode = name.split("-")[1]
+    text = procs.rsp_conf(backend_port, mode, settings.rsp_workers)
+    conf = procs.write_conf(f"{tmp}/{name}.lua", text, name)
+    server = procs.Server(name, [binary, conf], f"{tmp}/{name}.log")
+    server.wait_ready()
+    if not loads.fresh_request_ok(server.port, settings.small_path):
+        server.stop()
+        raise RuntimeError(f"{name} started but did not answer a request; log:\n{server.tail()}")
+    return server
+
+
+# ---------------------------------------------------------------- the loads
+
+def keep_alive(t, s):
+    return loads.with_cpu(t.pid, lambda f: f["requests"],
+                          lambda: loads.wrk(t.url(s.small_path), s.wrk_seconds))
+
+
+def new_connection(t, s):
+    return loads.with_cpu(t.pid, lambda f: f["requests"],
+                          lambda: loads.ab(t.url(s.small_path), s.ab_new_conn, 50, timeout=120))
+
+
+def c_author(t, s):
+    return loads.with_cpu(t.pid, lambda f: f["requests"],
+                          lambda: loads.ab(t.url(s.small_path), s.ab_c_author, 100, timeout=200))
+
+
+def bulk(t, s):
+    return loads.with_cpu(t.pid, lambda f: f["requests"],
+                          lambda: loads.bulk(t.port, s.bulk_path, BULK_SIZE, s.bulk_repeats))
+
+
+def idle_test(count):
+    def run(t, s):
+        return loads.idle(t.port, t.pid, count, s.small_path, t.is_proxy)
+    return run
+
+
+def load_list(settings):
+    """(key, description, function) for every load, in the order they run."""
+    tests = [("ka", "keep-alive, wrk", keep_alive),
+             ("nc", "new connection per request, ab -c 50", new_connection),
+             ("c100", "ab -c 100 (the C author's test, scaled)", c_author),
+             ("bulk", "bulk 100 MiB", bulk)]
+    for n in settings.idle_counts:
+        tests.append((f"idle{n}", f"{n} idle connections", idle_test(n)))
+    return tests
+
+
+def measure_all(targets, settings):
+    """Every load against every target, interleaved, `rounds` times: {target: {metric: [..]}}."""
+    results = {t.name: {} for t in targets}
+    for r in range(settings.rounds):
+        for key, what, run in load_list(settings):
+            for t in targets:
+                figures = measure_one(t, run, settings)
+                print(f"round {r + 1}/{settings.rounds}  {what:42} {t.name:12} {report.brief(figures)}",
+                      flush=True)
+                for metric, value in figures.items():
+                    results[t.name].setdefault(f"{key}.{metric}", []).append(value)
+    return results
+
+
+def measure_one(t, run, settings):
+    if not t.alive():
+        return {"error": f"{t.name} has exited; last output: {t.server.tail(3)}"}
+    try:
+        return run(t, settings)
+    except (loads.LoadError, OSError) as e:
+        return {"error": str(e).splitlines()[0][:200]}
+
+
+def warm_up(targets, settings):
+    for t in targets:
+        try:
+            loads.wrk(t.url(settings.small_path), 1)
+        except loads.LoadError as e:
+            print(f"bench: warm-up of {t.name} failed: {e}", file=sys.stderr)
+
+
+def medians(results):
+    """The median of each metric; booleans become 'all rounds' only if every round was true."""
+    out = {}
+    for name, metrics in results.items():
+        out[name] = {}
+        for metric, values in metrics.items():
+            if metric.endswith(".error"):
+                out[name][metric] = values[-1]
+            elif metric.endswith("_ok"):
+                out[name][metric] = all(values)
+            else:
+                out[name][metric] = statistics.median(values)
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one short round (smoke test)")
+    args = parser.parse_args()
+    settings = Settings(args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0"))
+    loads.raise_fd_limit()
+    for tool in ("wrk", "ab"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is not installed; run `make bench-deps` first")
+    account = report.CpuAccount()
+    started = time.monotonic()
+    tmp = tempfile.mkdtemp(prefix="rsp-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers run as `nobody` and must read the static files
+    servers, notes = [], []
+    try:
+        backend, settings.small_path, settings.bulk_path = start_backend(tmp, notes)
+        servers.append(backend)
+        targets = [Target("direct", backend, is_proxy=False)]
+        targets += start_proxies(tmp, backend.port, settings, notes)
+        servers += [t.server for t in targets[1:]]
+        print("bench:", notes[0])
+        warm_up(targets, settings)
+        results = medians(measure_all(targets, settings))
+        machine = account.others(sum(procs.cpu_seconds(s.pid) for s in servers))
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    notes.append(f"Run time: {time.monotonic() - started:.0f} s.")
+    report.write_all(ROOT, results, [t.name for t in targets], settings, notes, machine)
+
+
+if __name__ == "__main__":
+    main()
