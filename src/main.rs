@@ -48,7 +48,10 @@ fn parse_args(args: &[OsString]) -> Result<Command, String> {
         [first, path] if first == "--check" && flag(path).is_none() => {
             Ok(Command::Check(PathBuf::from(path)))
         }
-        _ => Err("expected at most one config file".to_string()),
+        _ => match args.iter().filter_map(flag).find(|f| f != "--check") {
+            Some(other) => Err(format!("unexpected option '{other}'")),
+            None => Err("expected at most one config file".to_string()),
+        },
     }
 }
 
