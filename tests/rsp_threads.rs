@@ -425,6 +425,34 @@ fn a_busy_pool_queues_clients() {
             stream.shutdown(Shutdown::Write).unwrap();
             read_all(&mut stream);
         }
+        // The next client finds room at once, and the end of the saturation is logged.
+        let mut next = connect(proxy.port);
+        assert!(ping(&mut next));
+        let room = proxy.wait_for_line("room again", Duration::from_secs(10));
+        assert!(room.is_some(), "{}", proxy.output());
+        assert_eq!(proxy.output().matches("All workers are busy").count(), 1);
+    }
+}
+
+/// At `log_level = "debug"`, a write held up by a slow reader is logged with the
+/// connection id and how long it blocked.
+#[test]
+fn logs_backpressure_from_a_slow_reader() {
+    // The message comes from the blocking copy loop of threads mode.
+    for target in [Target::Rsp] {
+        let backend = Backend::large();
+        let mut proxy = target.start_with(&[backend.port], "log_level = \"debug\"");
+        let mut stream = connect(proxy.port);
+        stream.write_all(GET_ROOT.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..10 {
+            stream.read_exact(&mut buf).unwrap();
+            thread::sleep(Duration::from_millis(300));
+        }
+        let line = proxy.wait_for_line("write to client blocked for", Duration::from_secs(10));
+        let line = line.unwrap_or_else(|| panic!("no backpressure line in {}", proxy.output()));
+        assert!(line.contains("DEBUG") && line.contains("conn 1:"), "{line}");
+        assert!(line.ends_with("ms (slow reader)"), "{line}");
     }
 }
 
