@@ -81,6 +81,11 @@ impl Balancer {
         self.lock()[index] = Some(now + self.retry);
     }
 
+    /// How long a backend that failed is skipped (`backend_retry`).
+    pub fn retry(&self) -> Duration {
+        self.retry
+    }
+
     /// Records that backend `index` accepted a connection: it is up.
     pub fn mark_up(&self, index: usize) {
         self.lock()[index] = None;

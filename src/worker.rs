@@ -61,11 +61,14 @@ pub fn serve(ctx: &Context, job: Accepted) {
         return;
     };
     let _ = backend.set_nodelay(true); // a latency hint; failing to set it is harmless
-    for socket in [&job.client, &backend] {
-        // The timeouts are the idle check's clock ticks; `None` (no idle timeout) cannot
-        // be rejected, and a failure on a live socket would only mean no idle check.
-        let _ = socket.set_read_timeout(ctx.relay.tick());
-        let _ = socket.set_write_timeout(ctx.relay.tick());
+    if let Some(tick) = ctx.relay.tick() {
+        for socket in [&job.client, &backend] {
+            // The timeouts are the idle check's clock ticks. Setting one on a live socket
+            // cannot fail in practice; if it did, that connection would only lose its
+            // idle check.
+            let _ = socket.set_read_timeout(Some(tick));
+            let _ = socket.set_write_timeout(Some(tick));
+        }
     }
     let conn = Arc::new(Connection::new(
         id,
@@ -91,8 +94,9 @@ fn connect_backend(ctx: &Context, id: u64) -> Option<(TcpStream, String)> {
             }
             Err(e) => {
                 log::warn!(
-                    "conn {id}: backend {} failed: {e}; skipping it for a while",
-                    backend.name
+                    "conn {id}: backend {} failed: {e}; skipping it for {} s",
+                    backend.name,
+                    ctx.balancer.retry().as_secs_f64()
                 );
                 ctx.balancer.mark_down(index);
             }
