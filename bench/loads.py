@@ -141,7 +141,7 @@ def raise_fd_limit():
     return hard
 
 
-def connect_burst(port, count, timeout=20.0):
+def connect_burst(port, count, timeout=10.0):
     """Start `count` non-blocking connects at once; wait until all are connected.
 
     Returns (seconds until the last one connected, sockets, how many failed).
@@ -167,14 +167,20 @@ def connect_burst(port, count, timeout=20.0):
 
 
 def wait_for_fds(pid, target, timeout, rising):
-    """Wait (bounded) until the server holds at least / at most `target` fds."""
+    """Wait (bounded) until the server holds at least (`rising`) / at most `target` fds
+    and the count has settled, or until it has not changed for a second."""
     deadline = time.monotonic() + timeout
+    last, since = procs.fd_count(pid), time.monotonic()
     while time.monotonic() < deadline:
-        n = procs.fd_count(pid)
-        if (n >= target) if rising else (n <= target):
-            return n
         time.sleep(0.05)
-    return procs.fd_count(pid)
+        n = procs.fd_count(pid)
+        if n != last:
+            last, since = n, time.monotonic()
+        reached = n >= target if rising else n <= target
+        steady = time.monotonic() - since
+        if (reached and steady >= 0.3) or steady >= 1.0:
+            break
+    return last
 
 
 def idle(port, pid, count, fresh_path, is_proxy):
@@ -187,10 +193,10 @@ def idle(port, pid, count, fresh_path, is_proxy):
         # A proxy holds two sockets per connection, a backend one; wait (bounded)
         # until it has accepted them all, so RSS counts every connection.
         per_conn = 2 if is_proxy else 1
-        wait_for_fds(pid, fds_before + per_conn * (count - failed), 10, rising=True)
+        fds = wait_for_fds(pid, fds_before + per_conn * (count - failed), 10, rising=True)
         rss_after = procs.status_field(pid, "VmRSS")
         figures = {
-            "open_s": took, "failed": failed,
+            "open_s": took, "failed": failed, "fds_per_conn": (fds - fds_before) / count,
             "overflows": procs.listen_overflows() - overflows_before,
             "kib_per_conn": (rss_after - rss_before) / count,
             "threads": procs.status_field(pid, "Threads"),

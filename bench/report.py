@@ -28,6 +28,7 @@ IDLE_ROWS = [
     ("open_s", "time to open all, s", "{:.3f}", "lower"),
     ("failed", "connections failed or timed out", "{:.0f}", "lower"),
     ("overflows", "listen-queue overflows", "{:.0f}", "lower"),
+    ("fds_per_conn", "server fds added per connection", "{:.2f}", None),
     ("kib_per_conn", "RSS per connection, KiB", "{:.1f}", "lower"),
     ("threads", "server threads while holding them", "{:.0f}", "lower"),
     ("fresh_ok", "a fresh request is still served", None, None),

@@ -14,9 +14,9 @@ MAX_Y = 4.0
 # (label, metric, True if higher is better as measured)
 GROUPS = [
     ("keep-alive req/s", "ka.rps", True),
-    ("new-connection req/s", "nc.rps", True),
+    ("new conn req/s", "nc.rps", True),
     ("bulk MB/s", "bulk.mbps", True),
-    ("ab -c 100 mean time", "c100.mean_ms", False),
+    ("ab -c 100 time", "c100.mean_ms", False),
     ("CPU per request", "ka.cpu_us", False),
     ("RSS per idle conn", "idle{n}.kib_per_conn", False),
 ]
@@ -40,7 +40,7 @@ def bar_values(results):
     for label, metric, higher in GROUPS:
         metric = metric.format(n=idle_n)
         if metric.startswith("idle"):
-            label = f"{label} ({idle_n:,})"
+            label = f"{label} ({idle_n // 1000}k)"
         out.append((label, {m: oriented_ratio(results, m, metric, higher) for m in COLOURS}))
     return out
 
