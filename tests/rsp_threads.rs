@@ -147,13 +147,13 @@ fn passes_on_a_backend_half_close() {
 }
 
 /// A client that reads 1 KiB of an 11 MB reply and leaves ends only its own connection:
-/// the next request succeeds and the thread count returns to its idle level.
+/// the next request succeeds and threads and fds return to their idle level.
 #[test]
 fn can_handle_client_disconnect() {
     for target in Target::rsp_modes() {
         let backend = Backend::large();
         let mut proxy = target.start(backend.port);
-        let idle_threads = proxy.threads();
+        let (idle_threads, idle_fds) = (proxy.threads(), proxy.fds());
         let mut stream = connect(proxy.port);
         stream.write_all(GET_ROOT.as_bytes()).unwrap();
         stream.read_exact(&mut [0u8; 1024]).unwrap();
@@ -164,6 +164,11 @@ fn can_handle_client_disconnect() {
             proxy.eventually(Duration::from_secs(2), |p| p.threads() <= idle_threads),
             "{target:?}: {} threads, {idle_threads} when idle",
             proxy.threads()
+        );
+        assert!(
+            proxy.eventually(Duration::from_secs(2), |p| p.fds() <= idle_fds),
+            "{target:?}: {} fds open, {idle_fds} when idle",
+            proxy.fds()
         );
         let line = proxy.wait_for_line("conn 1 ", Duration::from_secs(10));
         assert!(
