@@ -388,6 +388,29 @@ fn sigterm_cuts_connections_after_the_drain_timeout() {
     cuts_an_idle_connection_on("TERM");
 }
 
+/// A second Ctrl-C during the drain exits at once, with status 130.
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    for target in Target::rsp_modes() {
+        let backend = Backend::echo();
+        let mut proxy = target.start_with(&[backend.port], "drain_timeout = 60");
+        let mut stream = connect(proxy.port);
+        stream.write_all(b"x").unwrap();
+        stream.read_exact(&mut [0u8; 1]).unwrap();
+        proxy.signal("INT");
+        let line = proxy.wait_for_line("Shutting down", Duration::from_secs(10));
+        assert!(line.is_some(), "{target:?}: {}", proxy.output());
+        proxy.signal("INT");
+        let status = proxy.wait_exit(Duration::from_secs(3));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(130),
+            "{}",
+            proxy.output()
+        );
+    }
+}
+
 /// With `workers = 2`, extra clients wait for a free worker instead of being dropped.
 #[test]
 fn a_busy_pool_queues_clients() {
