@@ -25,6 +25,7 @@
 //! `tests/part4_slow_clients.rs` (`make test-4`), which asserts both.
 #![forbid(unsafe_code)]
 
+use rlua::{ChunkMode, Lua, LuaOptions, StdLib};
 use std::env;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -34,17 +35,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration; // New in part 4
 
-use rlua::{Lua, LuaOptions, StdLib};
-
 /// The C read each chunk into a 4096-byte buffer.
 const BUFFER_SIZE: usize = 4096;
-
-/// The three settings of the C's config file. They stay strings, as in the C.
-struct Config {
-    listen_port: String,
-    backend_address: String,
-    backend_port: String,
-}
 
 fn main() {
     let args: Vec<String> = env::args().collect();
@@ -54,6 +46,7 @@ fn main() {
         eprintln!("Usage: {} [--broken] <config_file>", args[0]); // New in part 4
         process::exit(1);
     }
+    // Like the C, a config error is one line on stderr and exit status 1.
     let config = match load_config(&args[args.len() - 1]) {
         Ok(config) => config,
         Err(message) => {
@@ -61,44 +54,84 @@ fn main() {
             process::exit(1);
         }
     };
-    if let Err(e) = run(&config, broken) {
+    // Each `?` inside `run` stands for one of the C's `perror(...); exit(1);` pairs: the
+    // error travels up to here, where we print it and exit with the same status.
+    if let Err(e) = run(
+        &config.listen_port,
+        &config.backend_address,
+        &config.backend_port,
+        broken, // New in part 4
+    ) {
         eprintln!("Error: {e}");
         process::exit(1);
     }
 }
 
-/// Runs the config file as Lua and reads its three globals, like the C's `luaL_dofile`.
+/// The three settings, copied out of Lua into plain Rust strings: a `Lua` state is not
+/// `Send`, and the proxy needs nothing else from it once the file has run.
+struct Config {
+    listen_port: String,
+    backend_address: String,
+    backend_port: String,
+}
+
+/// Runs the config file and reads its three globals. The error is the whole message.
 fn load_config(path: &str) -> Result<Config, String> {
-    let parse_error = |e: &dyn std::fmt::Display| format!("Error parsing config file: {e}");
-    let source = fs::read_to_string(path).map_err(|e| parse_error(&format!("{path}: {e}")))?;
-    // No standard libraries at all, as in the C: the config cannot reach `os` or `io`.
-    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()).map_err(|e| parse_error(&e))?;
-    // The "@" makes Lua's messages start with `path:line:`.
-    let chunk = lua.load(&source).set_name(format!("@{path}"));
-    chunk.exec().map_err(|e| parse_error(&e))?;
-    // Reading a global as `String` accepts numbers too, like the C's `lua_isstring`.
-    let global = |name: &str| {
-        let value = lua.globals().get::<_, String>(name);
-        value.map_err(|_| format!("{name} must be a string"))
+    // `StdLib::NONE` opens none of `os`, `io`, `string`... (the C opened nothing either).
+    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default())
+        .map_err(|e| format!("Cannot start Lua: {e}"))?;
+    // mlua always opens Lua's base library (`print`, `dofile`, `load`...), so the chunk
+    // runs with an empty table as its globals: it can set variables and compute, nothing
+    // else. Its globals land in `env`, where we read them afterwards.
+    let env = lua
+        .create_table()
+        .map_err(|e| format!("Cannot start Lua: {e}"))?;
+    // We read the file ourselves; the C's `luaL_dofile` said "cannot open" as well.
+    let source = fs::read(path)
+        .map_err(|e| format!("Error parsing config file: cannot open {path}: {e}"))?;
+    // The "@" makes Lua name the file in its messages (`path:3: ...`); text mode refuses
+    // precompiled bytecode, which could crash Lua; `exec` runs the chunk.
+    lua.load(&source)
+        .set_name(format!("@{path}"))
+        .set_mode(ChunkMode::Text)
+        .set_environment(env.clone())
+        .exec()
+        .map_err(|e| format!("Error parsing config file: {}", first_line(&e.to_string())))?;
+    // Reading a Lua value as a Rust `String` works like the C's `lua_isstring`: a string,
+    // or a number that Lua turns into one (8000 gives "8000"). Anything else, a missing
+    // global (nil) included, fails, and we say which setting it was.
+    let get = |name: &str| -> Result<String, String> {
+        env.get::<_, String>(name)
+            .map_err(|_| format!("{name} must be a string"))
     };
     Ok(Config {
-        listen_port: global("listenPort")?,
-        backend_address: global("backendAddress")?,
-        backend_port: global("backendPort")?,
+        listen_port: get("listenPort")?,
+        backend_address: get("backendAddress")?,
+        backend_port: get("backendPort")?,
     })
 }
 
+/// The first line of an error: Lua may append a traceback, and one line is enough here.
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or(message)
+}
+
 /// Binds the listening socket, prints the banner, then starts a thread per client, forever.
-fn run(config: &Config, broken: bool) -> io::Result<()> {
-    let listen_port = parse_port("listenPort", &config.listen_port)?;
-    let backend_port = parse_port("backendPort", &config.backend_port)?;
-    let backend_addr: Arc<str> = Arc::from(config.backend_address.as_str());
-    // The C listened on all interfaces; we listen on loopback only, so a lesson never
-    // opens a port to the network by accident.
-    let listener = TcpListener::bind(("127.0.0.1", listen_port))?;
+fn run(listen_port: &str, backend_addr: &str, backend_port: &str, broken: bool) -> io::Result<()> {
+    let listen_port = parse_port("listenPort", listen_port)?;
+    let backend_port = parse_port("backendPort", backend_port)?;
+    // Every connection thread needs the backend's name; an `Arc` shares one copy.
+    let backend_addr: Arc<str> = Arc::from(backend_addr);
+    // The C used getaddrinfo with AI_PASSIVE, i.e. it listened on ALL interfaces. We listen
+    // on loopback only, so a lesson never opens a port to the network by accident; write
+    // "0.0.0.0" here to behave like the C. `bind` also sets SO_REUSEADDR on Unix and
+    // listens with a backlog of 128 (the C's part 2 asked for 4096).
+    let listener = TcpListener::bind(("127.0.0.1", listen_port))
+        .map_err(|e| with_context(e, format!("cannot listen on port {listen_port}")))?;
     // Port 0 asks the kernel for any free port, so we print the port it really gave us.
     let port = listener.local_addr()?.port();
     println!("Started.  Listening on port {port}.");
+    // Rust's stdout is line-buffered even into a pipe (C's is not); flush to be explicit.
     io::stdout().flush()?;
 
     for client in listener.incoming() {
@@ -111,6 +144,8 @@ fn run(config: &Config, broken: bool) -> io::Result<()> {
             }
         };
         let backend_addr = Arc::clone(&backend_addr);
+        // `thread::spawn` panics if the OS refuses a thread; `Builder::spawn` returns the
+        // error instead, so running out of threads costs one connection, not the proxy.
         let spawned = thread::Builder::new().spawn(move || {
             let result = handle_client_connection(client, &backend_addr, backend_port, broken);
             if let Err(e) = result {
@@ -132,12 +167,23 @@ fn handle_client_connection(
     backend_port: u16,
     broken: bool,
 ) -> io::Result<()> {
-    let backend = TcpStream::connect((backend_addr, backend_port))?;
-    // O_NONBLOCK belongs to the socket, not to one handle: after `try_clone` (= `dup`) it
-    // switches BOTH handles, so the client → backend thread will see `WouldBlock` too.
+    // `connect` resolves the name and tries each address in turn, like the C's loop.
+    let backend = TcpStream::connect((backend_addr, backend_port)).map_err(|e| {
+        with_context(
+            e,
+            format!("cannot connect to backend {backend_addr}:{backend_port}"),
+        )
+    })?;
+
+    // O_NONBLOCK is a flag of the open socket, which `try_clone` (`dup`) below shares: the
+    // client → backend thread's reads turn non-blocking too, so `relay` copes (see there).
     if broken {
         client.set_nonblocking(true)?; // New in part 4
     }
+
+    // `try_clone` is `dup()`: a second handle on the same socket, so each thread owns
+    // one. (Sharing one `TcpStream` behind a Mutex would deadlock: a thread blocked in
+    // `read` would hold the lock the other thread needs to `write`.)
     let client_reader = client.try_clone()?;
     let backend_writer = backend.try_clone()?;
     let upstream = thread::Builder::new().spawn(move || relay(client_reader, backend_writer))?;
@@ -146,6 +192,9 @@ fn handle_client_connection(
     } else {
         relay(backend, client)
     };
+
+    // Wait for the other direction too, so its error (if any) is reported. A panic cannot
+    // happen in `relay`, but `join` reports one as an `Err`, which we pass on as text.
     let upstream = upstream
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
@@ -158,6 +207,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
     let mut buffer = [0u8; BUFFER_SIZE];
     let mut copied = 0;
     let result = loop {
+        // A read of 0 bytes means the sender has closed (or half-closed) its side.
         let bytes_read = match from.read(&mut buffer) {
             Ok(0) => break Ok(copied),
             Ok(n) => n,
@@ -171,19 +221,34 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
             }
             Err(e) => break Err(e),
         };
-        // THE FIX. A blocking `write_all` returns only when the kernel has taken every
-        // byte. When the client reads slowly its socket's send buffer fills and this call
-        // simply waits, so this thread stops reading the backend, whose own send buffer
-        // then fills: backpressure reaches the backend for free, with no queue and no
-        // memory growth. An event loop cannot wait here (it serves everyone on one
-        // thread), so it must queue what the socket refused: that is part 5.
+        // THE FIX. Blocking `write_all` returns only when the kernel has taken every byte.
+        // When the client reads slowly its socket's send buffer fills and this call just
+        // waits, so this thread stops reading the backend, whose own send buffer then
+        // fills: backpressure reaches the backend for free, with no queue and no memory
+        // growth. An event loop cannot wait here (one thread serves everybody), so it must
+        // queue what the socket refused: that is part 5.
+        // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
             break Err(e);
         }
         copied += bytes_read as u64;
     };
-    finish(&from, &to, &result);
+    match result {
+        // `shutdown(Write)` is a half-close: it sends FIN, so the peer reads end of file,
+        // while the other direction keeps flowing. The C closed both sides at once. If the
+        // peer is already gone there is nobody left to tell, so the result is ignored.
+        Ok(_) => {
+            let _ = to.shutdown(Shutdown::Write);
+        }
+        // On an error, shut both sockets down completely: that wakes the other thread
+        // from its blocking `read`, so it ends too instead of waiting forever.
+        Err(_) => {
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        }
+    }
     result
+    // Each thread drops its two handles here; the fd closes when the last `dup` is gone.
 }
 
 /// THE BUG, kept on purpose (`--broken`): one `write` per chunk into the non-blocking
@@ -210,19 +275,14 @@ fn lossy_relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         copied += written as u64;
     };
     eprintln!("--broken: dropped {dropped} bytes, delivered {copied}");
-    finish(&from, &to, &result);
-    result
-}
-
-/// Ends one direction: a half-close after a clean end of file, a full shutdown after an
-/// error (that also wakes the other thread from its blocking `read`).
-fn finish(from: &TcpStream, to: &TcpStream, result: &io::Result<u64>) {
+    // The same ending as `relay`: half-close after end of file, full shutdown on error.
     if result.is_ok() {
         let _ = to.shutdown(Shutdown::Write);
     } else {
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
     }
+    result
 }
 
 /// Reads a port number from the config, with an error that says which one was bad.
@@ -231,4 +291,9 @@ fn parse_port(name: &str, text: &str) -> io::Result<u16> {
         let message = format!("{name} must be a number from 0 to 65535, not {text:?}");
         io::Error::new(io::ErrorKind::InvalidInput, message)
     })
+}
+
+/// Puts `what` in front of an error's text, so the one line we print says what failed.
+fn with_context(error: io::Error, what: String) -> io::Error {
+    io::Error::new(error.kind(), format!("{what}: {error}"))
 }
