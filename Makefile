@@ -70,7 +70,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 bench: ## compare rsp with HAProxy, nginx and direct (BENCH_QUICK=1 for a smoke run)
 	$(CARGO) build --release --bins
-	python3 bench/bench.py
+	python3 -B bench/bench.py
 
 bench-deps: ## install wrk, ab, HAProxy and nginx for make bench (apt, needs root)
 	bash bench/deps.sh

@@ -10,6 +10,7 @@ WIDTH, HEIGHT = 820, 400
 LEFT, RIGHT, TOP, BOTTOM = 60, 20, 70, 70
 COLOURS = {"rsp-threads": "#4e79a7", "rsp-mio": "#f28e2b"}
 MAX_Y = 4.0
+HALO = ' stroke="white" stroke-width="3" paint-order="stroke"'  # keeps labels readable on lines
 
 # (label, metric, True if higher is better as measured)
 GROUPS = [
@@ -66,10 +67,16 @@ def axes(top, y):
                      'stroke="#ddd"/>')
         parts.append(text(LEFT - 8, y(v) + 4, f"{v:.1f}×", 11, "end"))
         v += step
-    parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(1):.1f}" y2="{y(1):.1f}" '
-                 'stroke="#c00" stroke-width="1.5" stroke-dasharray="6 4"/>')
-    parts.append(text(WIDTH - RIGHT - 4, y(1) - 5, "HAProxy = 1.0", 11, "end", ' fill="#c00"'))
     return parts
+
+
+def haproxy_line(y):
+    """The dashed line at 1.0, drawn over the bars, and its legend entry."""
+    dash = 'stroke="#c00" stroke-width="1.5" stroke-dasharray="6 4"'
+    x = LEFT + 10 + 2 * 130
+    return [f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(1):.1f}" y2="{y(1):.1f}" {dash}/>',
+            f'<line x1="{x}" x2="{x + 24}" y1="{HEIGHT - 24}" y2="{HEIGHT - 24}" {dash}/>',
+            text(x + 30, HEIGHT - 20, "HAProxy = 1.0", 12, "start")]
 
 
 def bars(values, y):
@@ -86,7 +93,7 @@ def bars(values, y):
             parts.append(f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{bar_w - 2:.1f}" '
                          f'height="{y(0) - y(v):.1f}" fill="{COLOURS[mode]}"/>')
             mark = "▲" if v > MAX_Y else ""
-            parts.append(text(x + bar_w / 2 - 1, y(v) - 4, f"{v:.2f}{mark}", 10))
+            parts.append(text(x + bar_w / 2 - 1, y(v) - 4, f"{v:.2f}{mark}", 10, extra=HALO))
         parts.append(text(LEFT + (i + 0.5) * group_w, HEIGHT - BOTTOM + 18, label, 11))
     return parts
 
@@ -101,7 +108,7 @@ def chart(results, quick):
              text(WIDTH / 2, 24, title, 16, extra=' font-weight="bold"'),
              text(WIDTH / 2, 44, "higher is better: throughputs are rsp ÷ HAProxy, costs (time, "
                   "CPU, memory) are HAProxy ÷ rsp; medians", 11, extra=' fill="#555"')]
-    parts += axes(top, y) + bars(values, y)
+    parts += axes(top, y) + bars(values, y) + haproxy_line(y)
     for k, (mode, colour) in enumerate(COLOURS.items()):
         x = LEFT + 10 + k * 130
         parts.append(f'<rect x="{x}" y="{HEIGHT - 30}" width="12" height="12" fill="{colour}"/>')
