@@ -20,6 +20,7 @@
 //! | the copy loop for one direction, half-close, idle check | [`relay`] |
 //! | what Ctrl-C waits for and cuts | [`registry`] |
 //! | how a connection ended, its one-line summary | [`outcome`] |
+//! | `mode = "mio"`: one event loop for every connection (feature `mio`) | `event_loop` |
 //!
 //! Threads mode uses all of them. `balancer`, `logging`, `outcome` and `shutdown` make no
 //! assumption about threads and are shared with the mio event-loop mode.
@@ -31,6 +32,8 @@
 pub mod balancer;
 pub mod config;
 pub mod conn;
+#[cfg(feature = "mio")]
+pub mod event_loop;
 pub mod logging;
 pub mod outcome;
 pub mod pool;

@@ -6,7 +6,7 @@
 //! come back up here.
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,7 +38,10 @@ const ENFILE: i32 = 23;
 pub fn run(config: Config) -> io::Result<()> {
     match config.mode {
         Mode::Threads => run_threads(config),
-        Mode::Mio => Err(io::Error::other("mio mode is not implemented yet")),
+        #[cfg(feature = "mio")]
+        Mode::Mio => crate::event_loop::run(config),
+        #[cfg(not(feature = "mio"))]
+        Mode::Mio => Err(io::Error::other("mio mode needs the `mio` feature")),
     }
 }
 
@@ -56,10 +59,14 @@ pub fn announce(port: u16) {
     }
 }
 
+/// Binds the listening socket; the error names the address.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
 fn run_threads(config: Config) -> io::Result<()> {
-    let listener = TcpListener::bind(config.listen).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-    })?;
+    let listener = listen(config.listen)?;
     let local = listener.local_addr()?;
     let shutdown = Shutdown::new();
     let wake_addr = shutdown::wake_address(local);

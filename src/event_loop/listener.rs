@@ -1,0 +1,119 @@
+//! The listening socket in the event loop: accept until `WouldBlock`, back off when out
+//! of file descriptors, close at shutdown.
+//!
+//! Running out of fds (`EMFILE`) is the classic busy loop of event-driven servers: the
+//! pending connection stays in the kernel's queue, so the listener stays readable and
+//! `accept` fails again at once, forever. Here any accept error other than an aborted
+//! connection takes the listener out of the poll set for [`BACKOFF`]; the clients wait in
+//! the kernel's backlog meanwhile. The error is logged at most once per second.
+
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+
+/// How long accepting pauses after an accept error such as `EMFILE`.
+pub const BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often at most an accept error is logged.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The listener and its back-off state.
+#[derive(Debug)]
+pub struct Listener {
+    /// `None` after shutdown began: dropping it closes the port, new clients are refused.
+    socket: Option<TcpListener>,
+    /// The token the listener's events carry.
+    token: Token,
+    /// While paused after an error: when to poll the listener again.
+    paused_until: Option<Instant>,
+    /// When an accept error was last logged.
+    last_logged: Option<Instant>,
+}
+
+impl Listener {
+    /// Takes over the bound `listener` (made non-blocking) and registers it under `token`.
+    pub fn new(
+        listener: std::net::TcpListener,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Listener> {
+        listener.set_nonblocking(true)?;
+        let mut socket = TcpListener::from_std(listener);
+        registry.register(&mut socket, token, Interest::READABLE)?;
+        Ok(Listener {
+            socket: Some(socket),
+            token,
+            paused_until: None,
+            last_logged: None,
+        })
+    }
+
+    /// The next pending client, or `None` when there is none left for now (or accepting
+    /// is paused or closed). Call until `None`: the listener is edge-triggered.
+    pub fn accept(&mut self, registry: &Registry, now: Instant) -> Option<(TcpStream, SocketAddr)> {
+        if self.paused_until.is_some() {
+            return None;
+        }
+        loop {
+            let result = self.socket.as_ref()?.accept();
+            match result {
+                Ok(client) => return Some(client),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                // The client gave up while in the queue, or a signal: try the next one.
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.pause(registry, now, &e);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Stops polling the listener for [`BACKOFF`] after accept failed with `error`.
+    fn pause(&mut self, registry: &Registry, now: Instant, error: &io::Error) {
+        if self.last_logged.is_none_or(|t| now >= t + LOG_EVERY) {
+            self.last_logged = Some(now);
+            log::warn!("accept failed: {error}; pausing accepts for {BACKOFF:?}");
+        }
+        if let Some(socket) = &mut self.socket {
+            let _ = registry.deregister(socket);
+        }
+        self.paused_until = Some(now + BACKOFF);
+    }
+
+    /// When [`Listener::on_tick`] has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    /// Ends a pause that is over: the listener is polled again. Returns `true` if it did,
+    /// and then the caller should [`Listener::accept`] (clients may be waiting already,
+    /// and being edge-triggered there may be no new event for them).
+    pub fn on_tick(&mut self, registry: &Registry, now: Instant) -> bool {
+        match (self.paused_until, &mut self.socket) {
+            (Some(until), Some(socket)) if now >= until => {
+                self.paused_until = None;
+                if let Err(e) = registry.register(socket, self.token, Interest::READABLE) {
+                    self.pause(registry, now, &e);
+                    return false;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Closes the listening socket: from now on connects to the port are refused.
+    pub fn close(&mut self, registry: &Registry) {
+        let paused = self.paused_until.take().is_some(); // Paused = already deregistered.
+        if let Some(mut socket) = self.socket.take()
+            && !paused
+        {
+            let _ = registry.deregister(&mut socket);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! One direction of a connection: read from the source, pass the bytes on to the
+//! destination through a [`WriteQueue`], and pass the source's EOF on as a half-close.
+//!
+//! Three rules keep it correct and bounded:
+//! - **Edge-triggered readiness is remembered.** mio reports "readable" once per change,
+//!   not once per poll, so [`Pipe::readable`] keeps a report we have not used up yet (we
+//!   were paused, or stopped early to let other connections run) until a read says
+//!   `WouldBlock`.
+//! - **High-water mark.** While more than `max_buffered` bytes wait for the destination,
+//!   the source is not read; its kernel buffer fills and TCP slows the sender down. Reading
+//!   resumes once the queue is below half of that.
+//! - **Deferred close.** The source's EOF becomes `shutdown(Write)` on the destination only
+//!   after every queued byte is written: the FIN must not overtake the data.
+
+use std::io::{self, ErrorKind, Read};
+use std::net::Shutdown;
+
+use mio::net::TcpStream;
+
+use super::queue::WriteQueue;
+
+/// At most this many reads per source per turn, so one busy connection cannot keep the
+/// loop from the others. What is left is read on the next turn.
+const READS_PER_TURN: usize = 16;
+
+/// Which socket failed, and how.
+#[derive(Debug)]
+pub enum Fault {
+    /// Reading from the source failed.
+    Source(io::Error),
+    /// Writing to (or shutting down) the destination failed.
+    Dest(io::Error),
+}
+
+/// What a call to [`Pipe::pump`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pumped {
+    /// Some bytes were read (the connection is not idle).
+    pub moved: bool,
+    /// It stopped at [`READS_PER_TURN`] with the source still readable: call again soon.
+    pub more: bool,
+}
+
+/// Bytes flowing one way, `source → queue → destination`.
+#[derive(Debug)]
+pub struct Pipe {
+    /// `"client -> backend"` or `"backend -> client"`, for the debug log lines.
+    name: &'static str,
+    /// Bytes read from the source but not yet taken by the destination.
+    queue: WriteQueue,
+    /// Bytes read from the source so far.
+    read: u64,
+    /// The source may have bytes (or an EOF) for us: set by a readable event, cleared when
+    /// a read would block.
+    pub readable: bool,
+    /// The source sent its FIN (a 0-byte read).
+    eof: bool,
+    /// We passed that FIN on: `shutdown(Write)` on the destination.
+    shut: bool,
+    /// The queue went over `max_buffered`: the source is not read until it drains to half.
+    paused: bool,
+}
+
+impl Pipe {
+    /// An empty pipe; `name` shows in its log lines.
+    pub fn new(name: &'static str) -> Pipe {
+        Pipe {
+            name,
+            queue: WriteQueue::default(),
+            read: 0,
+            readable: false,
+            eof: false,
+            shut: false,
+            paused: false,
+        }
+    }
+
+    /// Bytes the destination has taken so far (read minus still queued).
+    pub fn delivered(&self) -> u64 {
+        self.read - self.queue.len() as u64
+    }
+
+    /// Whether this direction is finished: EOF read, queue written, FIN passed on.
+    pub fn is_done(&self) -> bool {
+        self.shut
+    }
+
+    /// Reads from `src` and sends to `dst` until the source would block, ends, the queue
+    /// is over `max_buffered`, or the turn is up. `buf` is the loop's one read buffer.
+    pub fn pump(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        buf: &mut [u8],
+        max_buffered: usize,
+        id: u64,
+    ) -> Result<Pumped, Fault> {
+        let mut pumped = Pumped::default();
+        let mut reads = 0;
+        while self.readable && !self.eof && !self.paused {
+            if reads == READS_PER_TURN {
+                pumped.more = true;
+                break;
+            }
+            reads += 1;
+            match (&*src).read(buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    pumped.moved = true;
+                    self.read += n as u64;
+                    self.queue.send(dst, &buf[..n]).map_err(Fault::Dest)?;
+                    if self.queue.len() > max_buffered {
+                        self.paused = true;
+                        log::debug!(
+                            "conn {id}: {} paused, {} bytes queued",
+                            self.name,
+                            self.queue.len()
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Fault::Source(e)),
+            }
+        }
+        self.pass_eof_on(dst)?;
+        Ok(pumped)
+    }
+
+    /// The destination is writable again: writes what is queued, resumes reading once
+    /// the queue is below half the high-water mark. Returns whether any byte was written.
+    pub fn flush(&mut self, dst: &TcpStream, max_buffered: usize, id: u64) -> Result<bool, Fault> {
+        if self.queue.is_empty() {
+            return Ok(false);
+        }
+        let written = self.queue.flush(dst).map_err(Fault::Dest)?;
+        if self.paused && self.queue.len() <= max_buffered / 2 {
+            self.paused = false;
+            log::debug!(
+                "conn {id}: {} resumed, {} bytes queued",
+                self.name,
+                self.queue.len()
+            );
+        }
+        self.pass_eof_on(dst)?;
+        Ok(written > 0)
+    }
+
+    /// Half-close: once the source has ended and the queue is empty, `shutdown(Write)` on
+    /// the destination (its peer reads EOF); the other direction keeps going.
+    fn pass_eof_on(&mut self, dst: &TcpStream) -> Result<(), Fault> {
+        if self.eof && !self.shut && self.queue.is_empty() {
+            self.shut = true;
+            // Fails only if the destination was reset (`NotConnected`).
+            dst.shutdown(Shutdown::Write).map_err(Fault::Dest)?;
+        }
+        Ok(())
+    }
+}
