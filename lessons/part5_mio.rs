@@ -34,7 +34,7 @@ use std::process;
 
 use mio::net::{TcpListener, TcpStream}; // New in part 5
 use mio::{Events, Interest, Poll, Token}; // New in part 5
-use rlua::{Lua, LuaOptions, StdLib};
+use rlua::{ChunkMode, Lua, LuaOptions, StdLib};
 
 /// Bytes per `read` (the C used 4096; bigger chunks mean fewer system calls).
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -45,34 +45,6 @@ const LISTENER: Token = Token(usize::MAX);
 /// Indexes into `Connection::sides`, and the last bit of each socket's token.
 const CLIENT: usize = 0;
 const BACKEND: usize = 1;
-
-/// The three settings of the C's config file. They stay strings, as in the C.
-struct Config {
-    listen_port: String,
-    backend_address: String,
-    backend_port: String,
-}
-
-/// One socket of a proxied connection, and the bytes waiting to be written to it.
-struct Side {
-    stream: TcpStream,
-    /// Bytes read from the OTHER side that this socket has not taken yet (the C kept a
-    /// linked list of `{data, offset, len}` chunks; a ring buffer of bytes does the same).
-    queue: VecDeque<u8>, // New in part 5
-    /// We read end of file from this socket: its peer will send nothing more.
-    read_closed: bool,
-    /// We sent our FIN to this socket (`shutdown(Write)`), after its queue ran dry.
-    write_closed: bool,
-    /// We stopped reading this socket because the other side's queue is over the mark.
-    paused: bool,
-}
-
-/// A client and its backend: what the C's two handlers, pointing at each other, held.
-struct Connection {
-    sides: [Side; 2],
-    /// The backend's non-blocking connect has completed.
-    connected: bool,
-}
 
 fn main() {
     let args: Vec<String> = env::args().collect();
@@ -93,25 +65,42 @@ fn main() {
     }
 }
 
-/// Runs the config file as Lua and reads its three globals, like the C's `luaL_dofile`.
+/// The three settings, copied out of Lua (a `Lua` state is not `Send`).
+struct Config {
+    listen_port: String,
+    backend_address: String,
+    backend_port: String,
+}
+
+/// Part 3's config loader, unchanged: see there for why each step is as it is.
 fn load_config(path: &str) -> Result<Config, String> {
-    let parse_error = |e: &dyn std::fmt::Display| format!("Error parsing config file: {e}");
-    let source = fs::read_to_string(path).map_err(|e| parse_error(&format!("{path}: {e}")))?;
-    // No standard libraries at all, as in the C: the config cannot reach `os` or `io`.
-    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()).map_err(|e| parse_error(&e))?;
-    // The "@" makes Lua's messages start with `path:line:`.
-    let chunk = lua.load(&source).set_name(format!("@{path}"));
-    chunk.exec().map_err(|e| parse_error(&e))?;
-    // Reading a global as `String` accepts numbers too, like the C's `lua_isstring`.
-    let global = |name: &str| {
-        let value = lua.globals().get::<_, String>(name);
-        value.map_err(|_| format!("{name} must be a string"))
+    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default())
+        .map_err(|e| format!("Cannot start Lua: {e}"))?;
+    let env = lua
+        .create_table()
+        .map_err(|e| format!("Cannot start Lua: {e}"))?;
+    let source = fs::read(path)
+        .map_err(|e| format!("Error parsing config file: cannot open {path}: {e}"))?;
+    lua.load(&source)
+        .set_name(format!("@{path}"))
+        .set_mode(ChunkMode::Text)
+        .set_environment(env.clone())
+        .exec()
+        .map_err(|e| format!("Error parsing config file: {}", first_line(&e.to_string())))?;
+    let get = |name: &str| -> Result<String, String> {
+        env.get::<_, String>(name)
+            .map_err(|_| format!("{name} must be a string"))
     };
     Ok(Config {
-        listen_port: global("listenPort")?,
-        backend_address: global("backendAddress")?,
-        backend_port: global("backendPort")?,
+        listen_port: get("listenPort")?,
+        backend_address: get("backendAddress")?,
+        backend_port: get("backendPort")?,
     })
+}
+
+/// The first line of an error: Lua may append a traceback, and one line is enough here.
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or(message)
 }
 
 /// Binds, prints the banner, then waits for events and dispatches them, forever.
@@ -125,10 +114,8 @@ fn run(config: &Config) -> io::Result<()> {
     // The C listened on all interfaces; we listen on loopback only, so a lesson never
     // opens a port to the network by accident.
     let mut listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], listen_port)))?;
-    println!(
-        "Started.  Listening on port {}.",
-        listener.local_addr()?.port()
-    );
+    let port = listener.local_addr()?.port();
+    println!("Started.  Listening on port {port}.");
     io::stdout().flush()?;
 
     let mut poll = Poll::new()?; // New in part 5: epoll_create
@@ -139,11 +126,9 @@ fn run(config: &Config) -> io::Result<()> {
     let mut connections: HashMap<usize, Connection> = HashMap::new(); // New in part 5
     let mut next_id = 0;
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match poll.poll(&mut events, None) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => result?,
         }
         for event in events.iter() {
             if event.token() == LISTENER {
@@ -157,15 +142,15 @@ fn run(config: &Config) -> io::Result<()> {
             let Some(connection) = connections.get_mut(&id) else {
                 continue; // New in part 5
             };
-            // Edge-triggered (mio always is): an event says "something changed", so we
-            // try everything the connection could do now, each until `WouldBlock`.
+            // Edge-triggered (mio always is): an event only says "something changed", so
+            // we do everything the connection can do now, each step until `WouldBlock`.
             let finished = connection.pump().unwrap_or_else(|e| {
                 eprintln!("Connection failed: {e}");
                 true
             });
             if finished {
-                // Dropping closes both sockets; the kernel takes a closed fd out of
-                // epoll by itself (we never `dup` them), so there is nothing to undo.
+                // Dropping closes both sockets, and the kernel takes a closed fd out of
+                // epoll by itself (we never `dup` them): nothing else to undo.
                 connections.remove(&id); // New in part 5
             }
         }
@@ -185,62 +170,63 @@ fn accept_all(
         let mut client = match listener.accept() {
             Ok((client, _)) => client,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return eprintln!("Could not accept: {e}"),
         };
-        // Non-blocking connect: it only starts the handshake; the backend's socket
-        // becomes writable when it is done (see `Connection::pump`).
-        let mut server = match TcpStream::connect(backend) {
-            Ok(server) => server,
-            Err(e) => {
-                eprintln!("Connection failed: {e}");
-                continue;
-            }
-        };
-        let id = *next_id;
+        // A non-blocking connect only starts the handshake; the backend's socket turns
+        // writable once it is done (see `Connection::pump`).
+        let server = TcpStream::connect(backend).inspect_err(|e| eprintln!("Backend: {e}"));
+        let Ok(mut server) = server else { continue };
+        let (id, both) = (*next_id, Interest::READABLE | Interest::WRITABLE);
         *next_id += 1;
-        let both = Interest::READABLE | Interest::WRITABLE;
         let registry = poll.registry();
         let registered = registry
             .register(&mut client, Token(2 * id + CLIENT), both)
             .and_then(|()| registry.register(&mut server, Token(2 * id + BACKEND), both));
-        match registered {
-            Ok(()) => drop(connections.insert(id, Connection::new(client, server))),
-            Err(e) => eprintln!("Could not register: {e}"),
+        if let Err(e) = registered {
+            eprintln!("Could not register: {e}");
+            continue;
         }
+        let (streams, sides) = ([client, server], Default::default());
+        let connection = Connection {
+            streams,
+            sides,
+            connected: false,
+        };
+        connections.insert(id, connection);
     }
 }
 
-impl Side {
-    fn new(stream: TcpStream) -> Side {
-        let queue = VecDeque::new();
-        let (read_closed, write_closed, paused) = (false, false, false);
-        Side {
-            stream,
-            queue,
-            read_closed,
-            write_closed,
-            paused,
-        }
-    }
+/// The state of one socket of a connection, and the bytes waiting to be written to it.
+#[derive(Default)]
+struct Side {
+    /// Bytes read from the OTHER side that this socket has not taken yet (the C kept a
+    /// linked list of `{data, offset, len}` chunks; a ring buffer of bytes does the same).
+    queue: VecDeque<u8>, // New in part 5
+    /// We read end of file from this socket: its peer will send nothing more.
+    read_closed: bool,
+    /// We sent our FIN to this socket (`shutdown(Write)`), after its queue ran dry.
+    write_closed: bool,
+    /// We stopped reading this socket because the other side's queue is over the mark.
+    paused: bool,
+}
+
+/// A client and its backend: what the C's two handlers, pointing at each other, held.
+struct Connection {
+    /// The two sockets, indexed by `CLIENT` and `BACKEND`, and their states.
+    streams: [TcpStream; 2],
+    sides: [Side; 2],
+    /// The backend's non-blocking connect has completed.
+    connected: bool,
 }
 
 impl Connection {
-    fn new(client: TcpStream, backend: TcpStream) -> Connection {
-        let sides = [Side::new(client), Side::new(backend)];
-        Connection {
-            sides,
-            connected: false,
-        }
-    }
-
     /// Does all the work the sockets allow right now. Returns whether the connection is
     /// finished: both directions have ended and every byte has been delivered.
     fn pump(&mut self) -> io::Result<bool> {
         if !self.connected {
             // The connect failed (`take_error` hands over its error), finished
             // (`peer_addr` works), or is still under way (NotConnected: wait).
-            let backend = &self.sides[BACKEND].stream;
+            let backend = &self.streams[BACKEND];
             if let Some(e) = backend.take_error()? {
                 return Err(e);
             }
@@ -255,11 +241,6 @@ impl Connection {
         Ok(self.sides.iter().all(|side| side.write_closed))
     }
 
-    /// Whether side `i` can be used yet: the client always, the backend once connected.
-    fn ready(&self, i: usize) -> bool {
-        i == CLIENT || self.connected
-    }
-
     /// Moves bytes from side `from` to the other side: first what is queued, then what
     /// `from` has to say, until it would block, ends, or the queue reaches the mark.
     fn relay(&mut self, from: usize) -> io::Result<()> {
@@ -268,18 +249,19 @@ impl Connection {
         loop {
             // Flushing first may resume a paused `from`, or pass its end of file on.
             self.flush(to)?;
-            let ready = self.ready(from);
+            // The client can be read at once, the backend once it is connected.
+            let ready = from == CLIENT || self.connected;
             let side = &mut self.sides[from];
             if !ready || side.read_closed || side.paused {
                 return Ok(());
             }
-            match side.stream.read(&mut buffer) {
+            // Non-blocking calls never sleep, so they are never `Interrupted` (EINTR).
+            match self.streams[from].read(&mut buffer) {
                 // A 0-byte read is end of file; `flush` passes it on after the queue.
                 Ok(0) => side.read_closed = true,
                 Ok(n) => self.send(to, &buffer[..n])?,
                 // `WouldBlock` is EAGAIN: drained, and the next edge will wake us.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
             // The high-water mark: stop reading `from` while `to` is this far behind.
@@ -293,16 +275,15 @@ impl Connection {
     /// Passes `data` on to side `to`: straight to the socket if nothing is queued, and
     /// whatever the socket does not take goes to the back of the queue.
     fn send(&mut self, to: usize, data: &[u8]) -> io::Result<()> {
-        let ready = self.ready(to);
+        let ready = to == CLIENT || self.connected;
         let side = &mut self.sides[to];
         let mut written = 0;
         // The ordering invariant (the C's `ed011e6`): while older bytes wait in the
         // queue, new bytes go behind them, never straight to the socket.
         if ready && side.queue.is_empty() {
-            written = match side.stream.write(data) {
+            written = match self.streams[to].write(data) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
                 Err(e) => return Err(e), // e.g. BrokenPipe: Rust ignores SIGPIPE
             };
         }
@@ -313,16 +294,15 @@ impl Connection {
     /// Writes side `to`'s queue until it is empty or the socket is full; resumes the
     /// source below half the mark; sends the FIN once the source ended and all is sent.
     fn flush(&mut self, to: usize) -> io::Result<()> {
-        if !self.ready(to) {
+        if to == BACKEND && !self.connected {
             return Ok(());
         }
         let side = &mut self.sides[to];
         while !side.queue.is_empty() {
-            match side.stream.write(side.queue.as_slices().0) {
+            match self.streams[to].write(side.queue.as_slices().0) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => drop(side.queue.drain(..n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
@@ -334,7 +314,7 @@ impl Connection {
         // Deferred close: the FIN goes out only after every queued byte. It is a
         // half-close (`shutdown(Write)`): the other direction keeps flowing.
         if queued == 0 && source.read_closed && !fin_sent {
-            self.sides[to].stream.shutdown(Shutdown::Write)?; // New in part 5
+            self.streams[to].shutdown(Shutdown::Write)?; // New in part 5
             self.sides[to].write_closed = true;
         }
         Ok(())
