@@ -1,0 +1,174 @@
+//! rsp's `mode = "mio"`: what only the event loop promises. Everything threads mode does
+//! is checked in both modes by `tests/rsp_threads.rs`; here: thousands of idle
+//! connections on one thread for a few KiB each, a slow reader that cannot make the proxy
+//! buffer a whole response, and no busy loop when rsp runs out of file descriptors.
+#![cfg(feature = "mio")]
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use common::*;
+
+/// A backend that reads until the client half-closes, then answers `got N bytes` and
+/// closes. Its idle connections stay open as long as the client's do.
+fn counting_backend() -> Backend {
+    Backend::start(|mut stream| {
+        let mut request = Vec::new();
+        if stream.read_to_end(&mut request).is_ok() {
+            let _ = write!(stream, "got {} bytes", request.len());
+        }
+    })
+}
+
+/// Sends `request` through rsp, half-closes, and returns the whole answer.
+fn round_trip(port: u16, request: &[u8]) -> String {
+    let mut stream = connect(port);
+    stream.write_all(request).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// This process's soft limit on open files, from `/proc/self/limits`.
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// Opens `n` idle connections through rsp, in batches so neither listen backlog (128)
+/// overflows, and waits until the backend has accepted every one.
+fn open_idle(proxy: &Proxy, backend: &Backend, n: usize) -> Vec<TcpStream> {
+    let before = backend.accepted.load(Ordering::SeqCst);
+    let mut clients = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while clients.len() < n {
+        for _ in 0..(n - clients.len()).min(100) {
+            clients.push(TcpStream::connect(local(proxy.port)).unwrap());
+        }
+        while backend.accepted.load(Ordering::SeqCst) < before + clients.len() {
+            assert!(Instant::now() < deadline, "backend accepts too slow");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    clients
+}
+
+/// 2,000 idle connections stay open through rsp for 2 s on ONE event-loop thread (plus
+/// the Ctrl-C handler's), cost under 8 KiB of RSS each, and a fresh request is served.
+#[test]
+fn holds_2000_idle_connections_on_one_thread() {
+    const N: usize = 2_000;
+    assert!(
+        open_files_limit() >= 3 * N as u64,
+        "this test needs {} open files (client + backend sides)",
+        3 * N
+    );
+    let backend = counting_backend();
+    let proxy = Target::RspMio.start_with(&[backend.port], "connect_timeout = 10");
+    assert_eq!(round_trip(proxy.port, b"warm-up"), "got 7 bytes");
+    let rss_before = proxy.rss_kib();
+
+    let clients = open_idle(&proxy, &backend, N);
+    thread::sleep(Duration::from_secs(2));
+    for (i, client) in clients.iter().enumerate() {
+        client.set_nonblocking(true).unwrap();
+        let result = (&*client).read(&mut [0u8; 1]);
+        let still_open = matches!(&result, Err(e) if e.kind() == ErrorKind::WouldBlock);
+        assert!(still_open, "connection {i} was closed: {result:?}");
+    }
+    assert_eq!(round_trip(proxy.port, b"fresh"), "got 5 bytes");
+
+    let threads = proxy.threads();
+    let grown = proxy.rss_kib().saturating_sub(rss_before);
+    println!("mio mode, {N} idle: {threads} threads, RSS +{grown} KiB");
+    assert_eq!(threads, 2, "the event loop plus the Ctrl-C handler thread");
+    assert!(
+        grown < 8 * N as u64,
+        "RSS grew {grown} KiB for {N} connections"
+    );
+}
+
+/// The bytes the slow-reader backend sends: a 1 MiB + 13 block of random bytes, repeated
+/// (the odd length keeps block and read boundaries from lining up), cut at `total`.
+fn pattern_chunks(total: usize) -> impl Iterator<Item = Vec<u8>> {
+    let block = random_bytes(1024 * 1024 + 13, 99);
+    let mut left = total;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(block.len());
+        left -= n;
+        Some(block[..n].to_vec())
+    })
+}
+
+/// A client reading 100 MiB slowly (64 KiB, then 5 ms sleep) gets every byte (equal
+/// sha256) while rsp's RSS stays under 10 MiB above idle: the high-water mark pauses the
+/// backend instead of queueing the whole response; pauses are logged at debug level.
+#[test]
+fn a_slow_reader_of_100_mib_keeps_rss_flat() {
+    const TOTAL: usize = 100 * 1024 * 1024;
+    let mut expected = Sha256::new();
+    for chunk in pattern_chunks(TOTAL) {
+        expected.update(&chunk);
+    }
+    let expected = expected.finalize();
+    let backend = Backend::start(|mut stream| {
+        for chunk in pattern_chunks(TOTAL) {
+            if stream.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut proxy = Target::RspMio.start_with(&[backend.port], "log_level = \"debug\"");
+    let idle = proxy.rss_kib();
+
+    let mut stream = connect(proxy.port);
+    stream.shutdown(Shutdown::Write).unwrap(); // no request: the backend just sends
+    let mut got = Sha256::new();
+    let mut received = 0usize;
+    let mut peak = idle;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for reads in 0usize.. {
+        assert!(Instant::now() < deadline, "transfer too slow: {received} bytes");
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.update(&buf[..n]);
+        received += n;
+        if reads % 16 == 0 {
+            peak = peak.max(proxy.rss_kib());
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(received, TOTAL);
+    assert!(got.finalize() == expected, "the bytes differ");
+    let grown = peak.saturating_sub(idle);
+    println!("mio mode, slow reader of 100 MiB: RSS peak +{grown} KiB over idle");
+    assert!(grown < 10 * 1024, "RSS grew {grown} KiB");
+    assert!(
+        proxy
+            .wait_for_line("backend -> client paused", Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(
+        proxy
+            .wait_for_line("backend -> client resumed", Duration::from_secs(5))
+            .is_some()
+    );
+}
