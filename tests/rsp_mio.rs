@@ -144,7 +144,10 @@ fn a_slow_reader_of_100_mib_keeps_rss_flat() {
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + Duration::from_secs(300);
     for reads in 0usize.. {
-        assert!(Instant::now() < deadline, "transfer too slow: {received} bytes");
+        assert!(
+            Instant::now() < deadline,
+            "transfer too slow: {received} bytes"
+        );
         let n = stream.read(&mut buf).unwrap();
         if n == 0 {
             break;
