@@ -249,7 +249,7 @@ pub enum Target {
 }
 
 /// Whether rsp's `mode = "mio"` is built and implemented (flip when the mio issue lands).
-pub const RSP_MIO_READY: bool = false;
+pub const RSP_MIO_READY: bool = true;
 
 impl Target {
     /// Every target that has the behaviour introduced by lesson part `n`: that part, every
