@@ -233,8 +233,11 @@ def medians(results):
                 out[name][metric] = values[-1]
             elif metric.endswith("_ok"):
                 out[name][metric] = all(values)
-            else:
-                out[name][metric] = statistics.median(values)
+            else:  # None (not reached in a round) counts as the worst value
+                known = sorted(v for v in values if v is not None)
+                worst = [float("inf")] * (len(values) - len(known))
+                middle = statistics.median(known + worst) if values else None
+                out[name][metric] = None if middle == float("inf") else middle
     return out
 
 

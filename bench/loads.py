@@ -141,13 +141,16 @@ def raise_fd_limit():
     return hard
 
 
-def connect_burst(port, count, timeout=10.0):
+IDLE_DEADLINE = 10.0  # seconds for a burst to be connected and held by the server
+
+
+def connect_burst(port, count, deadline):
     """Start `count` non-blocking connects at once; wait until all are connected.
 
-    Returns (seconds until the last one connected, sockets, how many failed).
+    Returns (seconds until the last one connected, sockets, how many failed or timed out).
     """
     socks, sel = [], selectors.DefaultSelector()
-    start = time.perf_counter()
+    start = time.monotonic()
     for _ in range(count):
         s = socket.socket()
         s.setblocking(False)
@@ -155,55 +158,50 @@ def connect_burst(port, count, timeout=10.0):
         socks.append(s)
         sel.register(s, selectors.EVENT_WRITE)
     pending, failed = count, 0
-    deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        for key, _ in sel.select(timeout=0.5):
+        for key, _ in sel.select(timeout=0.2):
             sel.unregister(key.fileobj)
             pending -= 1
             failed += key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
-    took = time.perf_counter() - start
+    took = time.monotonic() - start
     sel.close()
     return took, socks, failed + pending
 
 
-def wait_for_fds(pid, target, timeout, rising):
-    """Wait (bounded) until the server holds at least (`rising`) / at most `target` fds
-    and the count has settled, or until it has not changed for a second."""
-    deadline = time.monotonic() + timeout
-    last, since = procs.fd_count(pid), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
+def wait_for_fds(pid, target, deadline, rising):
+    """Poll until the server holds at least (`rising`) / at most `target` fds, or until
+    `deadline`. Returns (fd count, whether it got there)."""
+    while True:
         n = procs.fd_count(pid)
-        if n != last:
-            last, since = n, time.monotonic()
         reached = n >= target if rising else n <= target
-        steady = time.monotonic() - since
-        if (reached and steady >= 0.3) or steady >= 1.0:
-            break
-    return last
+        if reached or time.monotonic() >= deadline:
+            return n, reached
+        time.sleep(0.02)
 
 
 def idle(port, pid, count, fresh_path, is_proxy):
     """Open `count` idle connections at once and look at the server holding them."""
-    fds_before = procs.fd_count(pid)
-    rss_before = procs.status_field(pid, "VmRSS")
+    per_conn = 2 if is_proxy else 1  # a proxy holds a client and a backend socket
+    fds_before, rss_before = procs.fd_count(pid), procs.status_field(pid, "VmRSS")
     overflows_before = procs.listen_overflows()
-    took, socks, failed = connect_burst(port, count)
+    start = time.monotonic()
+    took, socks, failed = connect_burst(port, count, start + IDLE_DEADLINE)
     try:
-        # A proxy holds two sockets per connection, a backend one; wait (bounded)
-        # until it has accepted them all, so RSS counts every connection.
-        per_conn = 2 if is_proxy else 1
-        fds = wait_for_fds(pid, fds_before + per_conn * (count - failed), 10, rising=True)
-        rss_after = procs.status_field(pid, "VmRSS")
+        # Connected is not yet accepted: wait (bounded) until the server holds them all,
+        # so RSS counts every connection.
+        fds, all_held = wait_for_fds(pid, fds_before + per_conn * count,
+                                     start + IDLE_DEADLINE, rising=True)
+        held_s = time.monotonic() - start if all_held else None
         figures = {
-            "open_s": took, "failed": failed, "fds_per_conn": (fds - fds_before) / count,
+            "open_s": took if not failed else None, "held_s": held_s, "failed": failed,
+            "held": (fds - fds_before) // per_conn,
             "overflows": procs.listen_overflows() - overflows_before,
-            "kib_per_conn": (rss_after - rss_before) / count,
+            "kib_per_conn": (procs.status_field(pid, "VmRSS") - rss_before) / count,
             "threads": procs.status_field(pid, "Threads"),
             "fresh_ok": fresh_request_ok(port, fresh_path),
         }
     finally:
         for s in socks:
             s.close()
-    wait_for_fds(pid, fds_before + 4, 15, rising=False)
+    wait_for_fds(pid, fds_before + 4, time.monotonic() + 15, rising=False)
     return figures
