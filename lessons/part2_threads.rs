@@ -60,7 +60,8 @@ fn run(listen_port: &str, backend_addr: &str, backend_port: &str) -> io::Result<
     // on loopback only, so a lesson never opens a port to the network by accident; write
     // "0.0.0.0" here to behave like the C. `bind` also sets SO_REUSEADDR on Unix and
     // listens with a backlog of 128 (the C's part 2 asked for 4096).
-    let listener = TcpListener::bind(("127.0.0.1", listen_port))?;
+    let listener = TcpListener::bind(("127.0.0.1", listen_port))
+        .map_err(|e| with_context(e, format!("cannot listen on port {listen_port}")))?;
     // Port 0 asks the kernel for any free port, so we print the port it really gave us.
     let port = listener.local_addr()?.port();
     println!("Started.  Listening on port {port}.");
@@ -99,7 +100,12 @@ fn handle_client_connection(
     backend_port: u16,
 ) -> io::Result<()> {
     // `connect` resolves the name and tries each address in turn, like the C's loop.
-    let backend = TcpStream::connect((backend_addr, backend_port))?;
+    let backend = TcpStream::connect((backend_addr, backend_port)).map_err(|e| {
+        with_context(
+            e,
+            format!("cannot connect to backend {backend_addr}:{backend_port}"),
+        )
+    })?;
 
     // `try_clone` is `dup()`: a second handle on the same socket, so each thread owns
     // one. (Sharing one `TcpStream` behind a Mutex would deadlock: a thread blocked in
@@ -162,4 +168,9 @@ fn parse_port(name: &str, text: &str) -> io::Result<u16> {
         let message = format!("{name} must be a number from 0 to 65535, not {text:?}");
         io::Error::new(io::ErrorKind::InvalidInput, message)
     })
+}
+
+/// Puts `what` in front of an error's text, so the one line we print says what failed.
+fn with_context(error: io::Error, what: String) -> io::Error {
+    io::Error::new(error.kind(), format!("{what}: {error}"))
 }
