@@ -14,6 +14,7 @@ Build rsp first: `cargo build --release --bins` (`make bench` does).
 """
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -48,10 +49,22 @@ class Settings:
 class Target:
     """One thing to measure: a port to send load to and the PID whose cost we read."""
 
-    def __init__(self, name, server, is_proxy=True):
+    def __init__(self, name, server, start=None):
         self.name = name
         self.server = server
-        self.is_proxy = is_proxy
+        self.start = start  # starts a fresh copy of the server; None for the backend
+        self.is_proxy = start is not None
+        self.cpu_before = 0.0  # CPU seconds used by copies stopped by `restart`
+
+    def restart(self):
+        """A fresh process, so memory it kept from earlier loads does not hide new growth."""
+        if self.start:
+            self.cpu_before += procs.cpu_seconds(self.pid)
+            self.server.stop()
+            self.server = self.start()
+
+    def cpu_seconds(self):
+        return self.cpu_before + procs.cpu_seconds(self.pid)
 
     @property
     def port(self):
@@ -100,11 +113,10 @@ def nginx_argv(tmp, conf):
             "-g", "daemon off;"]
 
 
-def start_proxies(tmp, backend_port, settings, notes):
-    """Every proxy that is installed and starts; the others are named in `notes`."""
+def start_proxies(tmp, backend_port, settings, targets, notes):
+    """Add every proxy that is installed and starts to `targets`; name the others in `notes`."""
     starters = [("HAProxy", start_haproxy), ("nginx", start_nginx),
                 ("rsp-threads", start_rsp), ("rsp-mio", start_rsp)]
-    targets = []
     for name, start in starters:
         try:
             server = start(name, tmp, backend_port, settings)
@@ -112,8 +124,8 @@ def start_proxies(tmp, backend_port, settings, notes):
             notes.append(f"Skipped {name}: {str(e).splitlines()[0]}")
             print(f"bench: skipping {name}: {e}", file=sys.stderr)  # the whole message
             continue
-        targets.append(Target(name, server))
-    return targets
+        again = functools.partial(start, name, tmp, backend_port, settings)
+        targets.append(Target(name, server, again))
 
 
 def start_haproxy(name, tmp, backend_port, settings):
@@ -177,6 +189,7 @@ def bulk(t, s):
 
 def idle_test(count):
     def run(t, s):
+        t.restart()
         return loads.idle(t.port, t.pid, count, s.small_path, t.is_proxy)
     return run
 
@@ -256,20 +269,18 @@ def main():
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="rsp-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as `nobody` and must read the static files
-    servers, notes = [], []
+    targets, notes = [], []
     try:
         backend, settings.small_path, settings.bulk_path = start_backend(tmp, notes)
-        servers.append(backend)
-        targets = [Target("direct", backend, is_proxy=False)]
-        targets += start_proxies(tmp, backend.port, settings, notes)
-        servers += [t.server for t in targets[1:]]
+        targets.append(Target("direct", backend))
+        start_proxies(tmp, backend.port, settings, targets, notes)
         print("bench:", notes[0])
         warm_up(targets, settings)
         results = medians(measure_all(targets, settings))
-        machine = account.others(sum(procs.cpu_seconds(s.pid) for s in servers))
+        machine = account.others(sum(t.cpu_seconds() for t in targets))
     finally:
-        for server in reversed(servers):
-            server.stop()
+        for t in reversed(targets):  # the proxies first, the backend (direct) last
+            t.server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     notes.append(f"Run time: {time.monotonic() - started:.0f} s.")
     report.write_all(ROOT, results, [t.name for t in targets], settings, notes, machine)

@@ -208,10 +208,9 @@ def own_seconds():
 
 def idle_verdict(others, available):
     share = others / max(available, 1e-9)
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[0]
     text = (f"other processes used {others:.0f} s of the {available:.0f} CPU-seconds the run "
-            f"took ({share:.0%}; load average at the end {load})")
+            f"took ({share:.0%}, from `/proc/stat` less the CPU time of the benchmark's own "
+            "processes)")
     if share < 0.05:
         return f"The machine was otherwise idle: {text}."
     return f"The machine was **not** otherwise idle: {text}, so the figures are noisier than usual."
