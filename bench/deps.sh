@@ -8,7 +8,8 @@
 # policy-rc.d that answers 101 ("action forbidden"), unless one is already there.
 set -euo pipefail
 
-packages=(wrk apache2-utils haproxy nginx libnginx-mod-stream curl)
+packages=(wrk apache2-utils haproxy nginx libnginx-mod-stream)
+command -v python3 >/dev/null || packages+=(python3)  # bench.py: standard library only
 
 if ! command -v apt-get >/dev/null; then
     echo "bench-deps: apt-get not found; install these by hand: ${packages[*]}" >&2
