@@ -17,6 +17,7 @@ import argparse
 import functools
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -261,6 +262,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one short round (smoke test)")
     args = parser.parse_args()
     settings = Settings(args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0"))
+    # SIGTERM unwinds like Ctrl-C, so the `finally` below still stops every server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
     loads.raise_fd_limit()
     for tool in ("wrk", "ab"):
         if not shutil.which(tool):

@@ -151,12 +151,18 @@ def connect_burst(port, count, deadline):
     """
     socks, sel = [], selectors.DefaultSelector()
     start = time.monotonic()
-    for _ in range(count):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(("127.0.0.1", port))
-        socks.append(s)
-        sel.register(s, selectors.EVENT_WRITE)
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            socks.append(s)
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            sel.register(s, selectors.EVENT_WRITE)
+    except OSError:  # e.g. out of fds: close what we opened, report it as a failed load
+        for s in socks:
+            s.close()
+        sel.close()
+        raise
     pending, failed = count, 0
     while pending and time.monotonic() < deadline:
         for key, _ in sel.select(timeout=0.2):
