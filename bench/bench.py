@@ -30,7 +30,7 @@ import report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 BULK_SIZE = 100 * 1024 * 1024
-SMALL_BODY = b"rsp bench: a 100-byte response body, the size of a small API reply or a redirect page.....\n"
+SMALL_BODY = (b"rsp bench: a 100-byte response body, about the size of a small API reply" + b"." * 99)[:99] + b"\n"
 
 
 class Settings:

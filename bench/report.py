@@ -169,6 +169,19 @@ def tool_versions():
             "Python " + platform.python_version()]
 
 
+def rsp_version(root):
+    """The commit rsp was built from, and whether src/ had uncommitted changes."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock")
+    return f"rsp at commit `{commit}`" + (" plus uncommitted changes in src/" if dirty else "")
+
+
 def cpu_model():
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -218,7 +231,7 @@ def idle_verdict(others, available):
 
 # ---------------------------------------------------------------- markdown
 
-def header(settings, notes, machine):
+def header(root, settings, notes, machine):
     kind = "QUICK smoke run (1 short round): not a measurement" if settings.quick else \
         f"medians of {settings.rounds} interleaved rounds"
     lines = ["# Benchmarks", "",
@@ -227,7 +240,7 @@ def header(settings, notes, machine):
              "`make bench-deps && make bench`.", "",
              "## Machine", "",
              f"- {cpu_model()}, {os.cpu_count()} cores, Linux kernel `{platform.release()}`.",
-             "- " + ", ".join(tool_versions()) + ".",
+             "- " + ", ".join([rsp_version(root)] + tool_versions()) + ".",
              f"- {idle_verdict(*machine)}"]
     lines += [f"- {note}" for note in notes]
     return lines
@@ -315,7 +328,7 @@ def write_all(root, results, names, settings, notes, machine):
             + ["", "## Targets", "", "Ratios are to HAProxy in the same run.", ""]
             + verdict_table(results))
     chart = os.path.relpath(svg_path, out_dir)
-    text = "\n".join(header(settings, notes, machine) + ["", f"![rsp ÷ HAProxy]({chart})", ""]
+    text = "\n".join(header(root, settings, notes, machine) + ["", f"![rsp ÷ HAProxy]({chart})", ""]
                      + body + [""] + method(settings)) + "\n"
     with open(md_path, "w") as f:
         f.write(text)
