@@ -4,25 +4,25 @@
 //! `042a811` and the fix in `e197936`, `3aa769e`, `ed011e6`, `e600072`. The C wrote to
 //! NON-BLOCKING sockets and ignored `write`'s answer: when a client read slower than the
 //! backend sent, the kernel's send buffer filled, `write` said EAGAIN (or took only part of
-//! the chunk), and the rest was silently dropped. The C fixed it with a queue per client.
-//! Our threads use BLOCKING writes, so parts 2 and 3 never had the bug; this part shows it.
+//! the chunk), and the rest was lost. The C fixed it with a queue per client. Our threads
+//! use BLOCKING writes, so parts 2 and 3 never had the bug: this part shows it to you.
 //!
 //! Changes since part 3:
 //! - `--broken` brings the C's mistake back on purpose (non-blocking client socket, one
-//!   `write` per chunk, its answer ignored), so you can watch bytes disappear;
-//! - without it nothing changes: blocking `write_all` is the fix, and the comments say why.
+//!   `write` per chunk, its answer ignored); without it, `write_all` is the fix, as before.
 //!
 //! Run it (three terminals; or `make run-4`, which starts the demo backend for you):
 //!
 //! ```text
 //! make backend                                             # demo backend on port 8888
 //! cargo run --bin part4 -- --broken lessons/part3.lua      # proxy on 8000 (drop --broken)
-//! curl --limit-rate 100k http://127.0.0.1:8000/bytes/20000000 | wc -c
+//! curl -0 --limit-rate 100k http://127.0.0.1:8000/bytes/20000000 | wc -c
 //! ```
 //!
-//! Observe: with `--broken` far fewer than 20,000,000 bytes arrive and the proxy reports
-//! how many it dropped; without it every byte arrives, only slower. Tests:
-//! `tests/part4_slow_clients.rs` (`make test-4`), which asserts both.
+//! Observe: with `--broken`, curl says "transfer closed with N bytes remaining" and the
+//! proxy says how many it dropped (`-0` = HTTP/1.0, so the backend closes after the body;
+//! with keep-alive curl would wait for the lost bytes forever); without it every byte
+//! arrives, only slower. Tests: `tests/part4_slow_clients.rs` (`make test-4`).
 #![forbid(unsafe_code)]
 
 use rlua::{ChunkMode, Lua, LuaOptions, StdLib};
