@@ -42,7 +42,7 @@ const BUFFER_SIZE: usize = 16 * 1024;
 const HIGH_WATER: usize = 256 * 1024; // New in part 5
 /// The listening socket's token; connection `id` uses tokens `2*id` and `2*id + 1`.
 const LISTENER: Token = Token(usize::MAX);
-/// Indexes into `Connection::sides`, and the last bit of each socket's token.
+/// Indexes into a connection's `streams` and `sides`, and the last bit of its tokens.
 const CLIENT: usize = 0;
 const BACKEND: usize = 1;
 
@@ -135,9 +135,11 @@ fn run(config: &Config) -> io::Result<()> {
                 accept_all(&listener, &poll, backend, &mut connections, &mut next_id);
                 continue;
             }
-            // A connection closed earlier in this batch may still have an event queued
-            // behind it. Ids are never reused, so that stale event finds nothing here and
-            // is skipped: the safe twin of the C's maxevents = 1 and deferred free list.
+            // Where the C kept a handler pointer in each epoll entry, we keep a number: the
+            // token names the connection, and the map finds it. A connection closed
+            // earlier in this batch may still have an event queued behind it. Ids are
+            // never reused, so that stale event finds nothing and is skipped: the safe
+            // twin of the C's maxevents = 1 and deferred free list.
             let id = event.token().0 / 2;
             let Some(connection) = connections.get_mut(&id) else {
                 continue; // New in part 5
@@ -176,6 +178,9 @@ fn accept_all(
         // writable once it is done (see `Connection::pump`).
         let server = TcpStream::connect(backend).inspect_err(|e| eprintln!("Backend: {e}"));
         let Ok(mut server) = server else { continue };
+        // Both interests, once and for all: being edge-triggered, an unused WRITABLE costs
+        // one wake-up when the socket turns writable, not one per loop as the C's
+        // level-triggered EPOLLOUT did. (Errors and hang-ups are always reported.)
         let (id, both) = (*next_id, Interest::READABLE | Interest::WRITABLE);
         *next_id += 1;
         let registry = poll.registry();
@@ -184,7 +189,7 @@ fn accept_all(
             .and_then(|()| registry.register(&mut server, Token(2 * id + BACKEND), both));
         if let Err(e) = registered {
             eprintln!("Could not register: {e}");
-            continue;
+            continue; // `client` and `server` are dropped here: both closed.
         }
         let (streams, sides) = ([client, server], Default::default());
         let connection = Connection {
@@ -301,6 +306,7 @@ impl Connection {
         while !side.queue.is_empty() {
             match self.streams[to].write(side.queue.as_slices().0) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                // The socket took `n` bytes from the front of the queue: forget them.
                 Ok(n) => drop(side.queue.drain(..n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
