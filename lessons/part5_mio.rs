@@ -176,7 +176,8 @@ fn accept_all(
         };
         // A non-blocking connect only starts the handshake; the backend's socket turns
         // writable once it is done (see `Connection::pump`).
-        let server = TcpStream::connect(backend).inspect_err(|e| eprintln!("Backend: {e}"));
+        let server =
+            TcpStream::connect(backend).inspect_err(|e| eprintln!("Backend {backend}: {e}"));
         let Ok(mut server) = server else { continue };
         // Both interests, once and for all: being edge-triggered, an unused WRITABLE costs
         // one wake-up when the socket turns writable, not one per loop as the C's
@@ -233,7 +234,8 @@ impl Connection {
             // (`peer_addr` works), or is still under way (NotConnected: wait).
             let backend = &self.streams[BACKEND];
             if let Some(e) = backend.take_error()? {
-                return Err(e);
+                let what = format!("cannot connect to backend: {e}");
+                return Err(io::Error::new(e.kind(), what));
             }
             match backend.peer_addr() {
                 Ok(_) => self.connected = true, // New in part 5
