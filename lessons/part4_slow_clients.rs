@@ -183,7 +183,9 @@ fn handle_client_connection(
 
     // `try_clone` is `dup()`: a second handle on the same socket, so each thread owns
     // one. (Sharing one `TcpStream` behind a Mutex would deadlock: a thread blocked in
-    // `read` would hold the lock the other thread needs to `write`.)
+    // `read` would hold the lock the other thread needs to `write`.) `&TcpStream` also
+    // implements Read and Write, so an `Arc<TcpStream>` would save the two extra fds;
+    // `try_clone` is kept here because it is what the C would do: one fd per owner.
     let client_reader = client.try_clone()?;
     let backend_writer = backend.try_clone()?;
     let upstream = thread::Builder::new().spawn(move || relay(client_reader, backend_writer))?;
