@@ -7,8 +7,11 @@
 //! the lock the other thread needs to `write`).
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use socket2::SockRef;
 
 use crate::outcome::{Outcome, Summary};
 
@@ -34,9 +37,11 @@ pub struct Connection {
     up: AtomicU64,
     /// Bytes copied backend → client so far.
     down: AtomicU64,
-    /// Why the connection was cut ([`Outcome::to_code`]), `0` while nobody cut it. The
-    /// first cause wins: the error on one side, not the shutdown it causes on the other.
-    cut_reason: AtomicU8,
+    /// Why the connection was cut, `None` while nobody cut it. The first cause wins: the
+    /// error on one side, not the shutdown it causes on the other. A mutex rather than an
+    /// atomic because [`Connection::half_close`] must check it and shut a socket down as
+    /// one step: a half-close (FIN) must never slip in after a cut chose to reset a side.
+    cut_reason: Mutex<Option<Outcome>>,
 }
 
 impl Connection {
@@ -59,7 +64,7 @@ impl Connection {
             last_activity_ms: AtomicU64::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
-            cut_reason: AtomicU8::new(0),
+            cut_reason: Mutex::new(None),
         };
         conn.touch();
         conn
@@ -84,23 +89,50 @@ impl Connection {
     }
 
     /// Ends the connection now for `reason`: records the reason (unless another was
-    /// recorded first) and shuts down both sockets both ways, which wakes the other thread
-    /// from a blocked `read` (it sees EOF) or `write` (it sees an error).
+    /// recorded first) and wakes the other thread from a blocked `read` (it sees EOF).
+    ///
+    /// When one side reset or vanished ([`Outcome::ClientReset`], [`Outcome::BackendReset`])
+    /// the other side is reset too, never closed cleanly: a truncated transfer must not
+    /// look complete to the peer that is still there. Any other cut (idle timeout, Ctrl-C's
+    /// drain timeout) shuts both sockets down both ways, which sends each peer a FIN.
     pub fn cut(&self, reason: Outcome) {
-        let _ = self.cut_reason.compare_exchange(
-            0,
-            reason.to_code(),
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
-        // Errors only mean the socket is already shut down or reset: nothing left to do.
-        let _ = self.client.shutdown(Shutdown::Both);
-        let _ = self.backend.shutdown(Shutdown::Both);
+        let mut recorded = self.lock_reason();
+        let reason = *recorded.get_or_insert(reason);
+        // Errors below only mean the socket is already shut down or reset: nothing to do.
+        match reason {
+            Outcome::ClientReset => pass_reset(&self.client, &self.backend),
+            Outcome::BackendReset => pass_reset(&self.backend, &self.client),
+            Outcome::InternalError => {
+                reset(&self.client);
+                reset(&self.backend);
+            }
+            _ => {
+                let _ = self.client.shutdown(Shutdown::Both);
+                let _ = self.backend.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Passes an EOF on: `shutdown(Write)` on `to` (half-close, a FIN), unless the
+    /// connection was cut; then returns the cut's reason and sends nothing.
+    pub fn half_close(&self, to: &TcpStream) -> Result<(), Outcome> {
+        let recorded = self.lock_reason();
+        if let Some(reason) = *recorded {
+            return Err(reason);
+        }
+        // Fails only if `to` is already shut down or reset: nothing left to tell it.
+        let _ = to.shutdown(Shutdown::Write);
+        Ok(())
     }
 
     /// Why the connection was cut, if it was.
     pub fn cut_reason(&self) -> Option<Outcome> {
-        Outcome::from_code(self.cut_reason.load(Ordering::SeqCst))
+        *self.lock_reason()
+    }
+
+    fn lock_reason(&self) -> MutexGuard<'_, Option<Outcome>> {
+        // The guarded value is a plain `Option`, never half-written: a poisoned lock is fine.
+        self.cut_reason.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The summary line's data, as of now; the outcome is `eof` unless it was cut.
@@ -115,6 +147,22 @@ impl Connection {
             outcome: self.cut_reason().unwrap_or(Outcome::Eof),
         }
     }
+}
+
+/// `failed` reset or vanished: shut it down, and reset its peer `other` (see [`reset`]).
+fn pass_reset(failed: &TcpStream, other: &TcpStream) {
+    let _ = failed.shutdown(Shutdown::Both);
+    reset(other);
+}
+
+/// Makes the coming close of `socket` a reset: with `SO_LINGER` 0, `close()` sends an RST
+/// and drops unsent data. No FIN may go out before it (a FIN would read as a clean end),
+/// so instead of `shutdown(Both)` only the read half is shut: that sends nothing and wakes
+/// a thread blocked reading it (a blocked writer wakes at its next write-timeout tick).
+/// The RST itself goes out when the last `Arc<Connection>` is dropped.
+fn reset(socket: &TcpStream) {
+    let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
+    let _ = socket.shutdown(Shutdown::Read);
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! reader simply slows the thread that writes to it (backpressure for free).
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::conn::Connection;
@@ -55,10 +55,9 @@ impl Direction {
 /// How one direction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirectionEnd {
-    /// The source sent EOF (or the connection was cut, which also reads as EOF); the
-    /// destination got `shutdown(Write)`.
+    /// The source sent EOF; the destination got `shutdown(Write)`.
     Eof,
-    /// This direction failed and cut the connection for this reason.
+    /// The connection was cut for this reason, by this direction or the other one.
     Cut(Outcome),
 }
 
@@ -81,11 +80,18 @@ pub struct RelaySettings {
 }
 
 impl RelaySettings {
-    /// The socket read/write timeout that wakes the loop to check for idleness: a quarter
-    /// of `idle_timeout`, between 50 ms and 1 s. `None` (block forever) without one.
+    /// The socket read timeout that wakes the loop to check for idleness: a quarter of
+    /// `idle_timeout`, between 50 ms and 1 s. `None` (block forever) without one.
     pub fn tick(&self) -> Option<Duration> {
         let idle = self.idle_timeout?;
         Some((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
+    }
+
+    /// The socket write timeout: [`RelaySettings::tick`], or 1 s without an idle timeout.
+    /// Even then a blocked write must wake now and then, to notice that the connection
+    /// was cut (see [`Connection::cut`]); a write that makes progress never times out.
+    pub fn write_tick(&self) -> Duration {
+        self.tick().unwrap_or(Duration::from_secs(1))
     }
 }
 
@@ -102,15 +108,15 @@ pub fn copy_direction(
     let mut bytes = 0u64;
     let end = loop {
         let n = match from.read(&mut buf) {
-            // A 0-byte read is EOF: pass the half-close on. Shutting down an already shut
-            // or reset socket fails harmlessly, so the error is ignored.
-            Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                break DirectionEnd::Eof;
-            }
+            // A 0-byte read is EOF: pass the half-close on, unless the read only ended
+            // because the connection was cut (then the cut decides what the peer gets).
+            Ok(0) => match conn.half_close(to) {
+                Ok(()) => break DirectionEnd::Eof,
+                Err(reason) => break DirectionEnd::Cut(reason),
+            },
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) => match idle_cut(conn, settings) {
+            Err(e) if is_timeout(&e) => match after_timeout(conn, settings) {
                 Some(reason) => break DirectionEnd::Cut(reason),
                 None => continue,
             },
@@ -146,7 +152,7 @@ fn write_chunk(
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if is_timeout(&e) => {
-                if let Some(reason) = idle_cut(conn, settings) {
+                if let Some(reason) = after_timeout(conn, settings) {
                     return Err(reason);
                 }
             }
@@ -165,9 +171,13 @@ fn write_chunk(
     Ok(())
 }
 
-/// After a read/write timeout: the idle-timeout reason if the connection has been idle
-/// long enough (the caller then cuts it), else `None` (keep waiting).
-fn idle_cut(conn: &Connection, settings: RelaySettings) -> Option<Outcome> {
+/// After a read/write timeout: why to stop, or `None` to keep waiting. Stop if the
+/// connection was cut meanwhile (a cut that resets this socket's peer cannot wake a
+/// blocked write, only its timeout can), or if it has been idle for `idle_timeout`.
+fn after_timeout(conn: &Connection, settings: RelaySettings) -> Option<Outcome> {
+    if let Some(reason) = conn.cut_reason() {
+        return Some(reason);
+    }
     let limit = settings.idle_timeout?;
     if conn.idle_for() < limit {
         return None;
@@ -189,7 +199,7 @@ fn is_timeout(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::net::{Shutdown, TcpListener};
     use std::sync::Arc;
 
     /// Returns (connection, client peer, backend peer): the test plays both peers.
@@ -202,7 +212,7 @@ mod tests {
         let (backend_peer, _) = listener.accept().unwrap();
         for s in [&client, &backend] {
             s.set_read_timeout(settings.tick()).unwrap();
-            s.set_write_timeout(settings.tick()).unwrap();
+            s.set_write_timeout(Some(settings.write_tick())).unwrap();
         }
         let conn = Connection::new(1, client, client_addr, backend, "b".into(), Instant::now());
         (Arc::new(conn), client_peer, backend_peer)
@@ -263,15 +273,23 @@ mod tests {
         drop(client); // the client goes away before the response
         let backend_side = std::thread::spawn(move || {
             let chunk = [b'x'; 64 * 1024];
-            for _ in 0..64 {
-                if backend.write_all(&chunk).is_err() {
-                    break;
-                }
-            }
+            (0..64).try_for_each(|_| backend.write_all(&chunk))?;
+            // Everything fit in the socket buffers: the reset shows on the next read.
+            backend.set_read_timeout(Some(Duration::from_secs(10)))?;
+            backend.read(&mut [0u8; 1])
         });
         let (_up, down) = run_both(&conn, s);
-        backend_side.join().unwrap();
         assert_eq!(down.end, DirectionEnd::Cut(Outcome::ClientReset));
         assert_eq!(conn.summary().outcome, Outcome::ClientReset);
+        drop(conn); // closing the sockets resets the backend, as the client vanished
+        let result = backend_side.join().unwrap().map_err(|e| e.kind());
+        // A write fails with a reset (or, after one, a broken pipe); a read with a reset.
+        assert!(
+            matches!(
+                result,
+                Err(ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+            ),
+            "the backend saw {result:?}, not a reset"
+        );
     }
 }

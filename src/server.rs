@@ -5,13 +5,14 @@
 //! the next `accept()`. Per-connection problems are logged where they happen and never
 //! come back up here.
 
-use std::io;
+use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use socket2::{Domain, Socket, Type};
 
 use crate::balancer::Balancer;
 use crate::config::{Config, Mode};
@@ -25,13 +26,17 @@ use crate::worker::{self, Accepted, Context, CopyJob};
 /// How often an accept loop blocked on a full queue checks for Ctrl-C.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
-/// How long to pause after running out of file descriptors before accepting again.
-const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+/// How long to pause after an accept error (such as running out of file descriptors)
+/// before accepting again.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// Linux's "too many open files" errors (per process, system-wide), which `io::ErrorKind`
-/// does not name.
-const EMFILE: i32 = 24;
-const ENFILE: i32 = 23;
+/// How often at most an accept error is logged.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The listen backlog: how many connected clients the kernel holds until we `accept`
+/// them. std uses 128; a burst of more connects would overflow it, and each overflowed
+/// client waits a 1 s SYN retry. Linux caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// Runs the proxy described by `config` until Ctrl-C (or SIGTERM), then returns `Ok`.
 /// Errors only if it cannot start (e.g. the listen address is taken).
@@ -59,10 +64,20 @@ pub fn announce(port: u16) {
     }
 }
 
-/// Binds the listening socket; the error names the address.
+/// Binds the listening socket (both modes use it); the error names the address.
+///
+/// Built with `socket2` rather than `TcpListener::bind` for a [`LISTEN_BACKLOG`] larger
+/// than std's 128. `SO_REUSEADDR` as std sets it: a restart can bind the port again
+/// while old connections are in TIME_WAIT.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let bind = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 fn run_threads(config: Config) -> io::Result<()> {
@@ -104,6 +119,7 @@ fn accept_loop(
     shutdown: &Shutdown,
 ) -> Option<Accepted> {
     let mut saturated = false;
+    let mut last_logged: Option<Instant> = None;
     loop {
         let accepted = listener.accept();
         if shutdown.is_stopping() {
@@ -112,7 +128,7 @@ fn accept_loop(
         let (client, addr) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                accept_failed(&e);
+                accept_failed(&e, &mut last_logged);
                 continue;
             }
         };
@@ -129,18 +145,33 @@ fn accept_loop(
     }
 }
 
-/// Logs an accept error; after running out of fds, pauses so we do not spin.
-fn accept_failed(e: &io::Error) {
-    match e.raw_os_error() {
-        Some(EMFILE | ENFILE) => {
-            log::error!(
-                "accept failed: {e}; pausing {} ms",
-                EMFILE_PAUSE.as_millis()
-            );
-            thread::sleep(EMFILE_PAUSE);
-        }
-        _ => log::warn!("accept failed: {e}"),
+/// Handles an accept error. A client that gave up while queued (or a signal) is simply
+/// skipped. Anything else, above all running out of fds (`EMFILE`), would fail again at
+/// once, as the client stays queued: pause [`ACCEPT_PAUSE`] so we do not spin, and log
+/// at most once per [`ACCEPT_LOG_EVERY`]. Open connections go on meanwhile; queued
+/// clients wait in the backlog and are accepted once fds are free again.
+fn accept_failed(e: &io::Error, last_logged: &mut Option<Instant>) {
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::Interrupted
+    ) {
+        return;
     }
+    let now = Instant::now();
+    if last_logged.is_none_or(|t| now >= t + ACCEPT_LOG_EVERY) {
+        *last_logged = Some(now);
+        let level = if worker::out_of_fds(e) {
+            log::Level::Error
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
+            "accept failed: {e}; pausing accepts for {} ms",
+            ACCEPT_PAUSE.as_millis()
+        );
+    }
+    thread::sleep(ACCEPT_PAUSE);
 }
 
 /// Queues `job` for a worker, blocking while the queue is full. Logs once when the pool

@@ -1,9 +1,11 @@
 //! What a worker thread does with one client (threads mode): pick a backend, connect,
 //! run both copy directions, log the summary.
 
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
@@ -14,6 +16,9 @@ use crate::outcome::{Outcome, Summary};
 use crate::pool::panic_message;
 use crate::registry::Ticket;
 use crate::relay::{Direction, DirectionEnd, DirectionResult, RelaySettings, copy_direction};
+
+/// How often a connect that failed for want of a file descriptor is tried again.
+const FD_RETRY: Duration = Duration::from_millis(50);
 
 /// A job for the copy pool: run one direction of one connection.
 pub type CopyJob = Box<dyn FnOnce() + Send>;
@@ -61,14 +66,14 @@ pub fn serve(ctx: &Context, job: Accepted) {
         return;
     };
     let _ = backend.set_nodelay(true); // a latency hint; failing to set it is harmless
-    if let Some(tick) = ctx.relay.tick() {
-        for socket in [&job.client, &backend] {
-            // The timeouts are the idle check's clock ticks. Setting one on a live socket
-            // cannot fail in practice; if it did, that connection would only lose its
-            // idle check.
+    for socket in [&job.client, &backend] {
+        // The timeouts are the clock ticks of the idle check (and, for writes, of the
+        // check for a cut). Setting one on a live socket cannot fail in practice; if it
+        // did, that connection would only lose its checks.
+        if let Some(tick) = ctx.relay.tick() {
             let _ = socket.set_read_timeout(Some(tick));
-            let _ = socket.set_write_timeout(Some(tick));
         }
+        let _ = socket.set_write_timeout(Some(ctx.relay.write_tick()));
     }
     let conn = Arc::new(Connection::new(
         id,
@@ -87,10 +92,15 @@ pub fn serve(ctx: &Context, job: Accepted) {
 fn connect_backend(ctx: &Context, id: u64) -> Option<(TcpStream, String)> {
     for index in ctx.balancer.plan() {
         let backend = ctx.balancer.backend(index);
-        match TcpStream::connect_timeout(&backend.addr, ctx.connect_timeout) {
+        match connect(ctx, id, &backend.addr) {
             Ok(stream) => {
                 ctx.balancer.mark_up(index);
                 return Some((stream, backend.name.clone()));
+            }
+            // Out of fds is our problem, not the backend's: do not mark it down.
+            Err(e) if out_of_fds(&e) => {
+                log::error!("conn {id}: cannot connect to backend {}: {e}", backend.name);
+                return None;
             }
             Err(e) => {
                 log::warn!(
@@ -103,6 +113,34 @@ fn connect_backend(ctx: &Context, id: u64) -> Option<(TcpStream, String)> {
         }
     }
     None
+}
+
+/// Connects to `addr`. If the process is out of fds (the client we just accepted took
+/// the last one), waits for one to free up, trying again every [`FD_RETRY`] for up to
+/// `connect_timeout`: the client then waits a little instead of being dropped at once.
+fn connect(ctx: &Context, id: u64, addr: &SocketAddr) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + ctx.connect_timeout;
+    let mut logged = false;
+    loop {
+        match TcpStream::connect_timeout(addr, ctx.connect_timeout) {
+            Err(e) if out_of_fds(&e) && Instant::now() + FD_RETRY < deadline => {
+                if !logged {
+                    logged = true;
+                    log::warn!("conn {id}: out of file descriptors; waiting for one to free up");
+                }
+                thread::sleep(FD_RETRY);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `e` is Linux's "too many open files" (`EMFILE` per process, `ENFILE`
+/// system-wide), which `io::ErrorKind` does not name.
+pub fn out_of_fds(e: &io::Error) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
 }
 
 /// Runs client → backend on a copy thread and backend → client here; returns when both
