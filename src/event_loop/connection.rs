@@ -1,11 +1,11 @@
-//! One proxied connection in mio mode: the client socket, the backend socket (connecting
-//! or connected), the two [`Pipe`]s, and the clock for its timeouts.
+//! One proxied connection in mio mode: the client socket, the backend (connecting, then
+//! connected), the two [`Pipe`]s, and the clock for its timeouts.
 //!
-//! A connection never blocks and never owns a thread: it is a record in the loop's map,
-//! and the loop calls it when one of its sockets has an event or a deadline passes. While
+//! A connection never blocks and owns no thread: it is a record in the loop's map, and
+//! the loop calls it when one of its sockets has an event or a deadline passes. While
 //! idle it holds two sockets and a few counters, nothing else (no buffers).
 
-use std::io::{self, ErrorKind};
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use super::connect::{Connecting, Step};
 use super::pipe::{Fault, Pipe};
 use crate::balancer::Balancer;
 use crate::outcome::{Outcome, Summary};
@@ -69,6 +70,17 @@ pub struct Ctx<'a> {
     pub now: Instant,
 }
 
+/// Where the backend side of a connection is.
+#[derive(Debug)]
+enum Backend {
+    /// The connect is under way.
+    Connecting(Connecting),
+    /// Connected to the backend with this index in the balancer.
+    Connected(TcpStream, usize),
+    /// No backend: every connect failed (the connection is about to close).
+    Failed,
+}
+
 /// One client ↔ backend pair.
 #[derive(Debug)]
 pub struct Conn {
@@ -78,14 +90,8 @@ pub struct Conn {
     client: TcpStream,
     /// The client's address, for the summary line.
     client_addr: SocketAddr,
-    /// The backend socket, connecting or connected.
-    backend: Option<TcpStream>,
-    /// Which backend `backend` is (an index into the balancer).
-    backend_index: usize,
-    /// Backends to try next if this connect fails, the next one last.
-    to_try: Vec<usize>,
-    /// While connecting: when the current attempt gives up. `None` once connected.
-    connect_deadline: Option<Instant>,
+    /// The backend socket and how far its connect got.
+    backend: Backend,
     /// Client → backend.
     up: Pipe,
     /// Backend → client.
@@ -97,162 +103,114 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Registers the accepted `client` and starts connecting to the first backend.
+    /// Registers the accepted `client` and starts connecting to a backend. The connection
+    /// is returned even if that failed, so the caller closes and logs it like any other.
     pub fn start(
         id: u64,
         mut client: TcpStream,
         client_addr: SocketAddr,
         ctx: &mut Ctx,
     ) -> (Conn, Result<(), Outcome>) {
-        let registered = ctx.registry.register(
-            &mut client,
-            token(id, Side::Client),
-            Interest::READABLE | Interest::WRITABLE,
-        );
-        let mut to_try = ctx.balancer.plan();
-        to_try.reverse();
-        let mut conn = Conn {
-            id,
-            client,
-            client_addr,
-            backend: None,
-            backend_index: 0,
-            to_try,
-            connect_deadline: None,
-            up: Pipe::new("client -> backend"),
-            down: Pipe::new("backend -> client"),
-            started: ctx.now,
-            last_active: ctx.now,
-        };
-        let result = match registered {
-            Ok(()) => conn.connect_next(ctx),
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let registered = ctx
+            .registry
+            .register(&mut client, token(id, Side::Client), interest);
+        let connecting = match registered {
+            Ok(()) => Connecting::start(id, ctx),
             Err(e) => {
                 log::warn!("conn {id}: cannot register the client: {e}");
                 Err(Outcome::ClientReset)
             }
         };
+        let (backend, result) = match connecting {
+            Ok(connecting) => (Backend::Connecting(connecting), Ok(())),
+            Err(outcome) => (Backend::Failed, Err(outcome)),
+        };
+        let conn = Conn {
+            id,
+            client,
+            client_addr,
+            backend,
+            up: Pipe::new("client -> backend"),
+            down: Pipe::new("backend -> client"),
+            started: ctx.now,
+            last_active: ctx.now,
+        };
         (conn, result)
-    }
-
-    /// Starts a non-blocking connect to the next backend in the plan. It finishes when the
-    /// socket becomes writable ([`Conn::check_connect`]) or times out ([`Conn::on_tick`]).
-    fn connect_next(&mut self, ctx: &mut Ctx) -> Result<(), Outcome> {
-        while let Some(index) = self.to_try.pop() {
-            let addr = ctx.balancer.backend(index).addr;
-            let started = TcpStream::connect(addr).and_then(|mut stream| {
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                let tok = token(self.id, Side::Backend);
-                ctx.registry.register(&mut stream, tok, interest)?;
-                Ok(stream)
-            });
-            match started {
-                Ok(stream) => {
-                    self.backend = Some(stream);
-                    self.backend_index = index;
-                    self.connect_deadline = Some(ctx.now + ctx.settings.connect_timeout);
-                    return Ok(());
-                }
-                Err(e) => self.connect_failed(index, &e, ctx),
-            }
-        }
-        Err(Outcome::ConnectFailed)
-    }
-
-    /// Logs a failed connect, marks that backend down, drops its socket.
-    fn connect_failed(&mut self, index: usize, error: &io::Error, ctx: &mut Ctx) {
-        let name = &ctx.balancer.backend(index).name;
-        log::warn!(
-            "conn {}: cannot connect to backend {name}: {error}",
-            self.id
-        );
-        ctx.balancer.mark_down(index);
-        if let Some(mut stream) = self.backend.take() {
-            let _ = ctx.registry.deregister(&mut stream);
-        }
-        self.connect_deadline = None;
-    }
-
-    /// The backend socket had an event while connecting: finished, failed, or not yet.
-    fn check_connect(&mut self, ctx: &mut Ctx) -> Result<(), Outcome> {
-        let Some(stream) = &self.backend else {
-            return Ok(());
-        };
-        let result = match stream.take_error() {
-            Ok(None) => stream.peer_addr(),
-            Ok(Some(e)) | Err(e) => Err(e),
-        };
-        match result {
-            Ok(_) => {
-                self.connect_deadline = None;
-                ctx.balancer.mark_up(self.backend_index);
-                // The client may have sent bytes while we waited; try both sides now.
-                self.up.readable = true;
-                self.down.readable = true;
-                self.last_active = ctx.now;
-                Ok(())
-            }
-            // A wake-up before the handshake is done: keep waiting.
-            Err(e) if e.kind() == ErrorKind::NotConnected => Ok(()),
-            Err(e) => {
-                self.connect_failed(self.backend_index, &e, ctx);
-                self.connect_next(ctx)
-            }
-        }
     }
 
     /// Handles one event for this connection's `side`. `Ok(true)` asks the loop to call
     /// [`Conn::pump`] again soon (a source still has bytes after its turn).
     pub fn on_event(&mut self, side: Side, event: &Event, ctx: &mut Ctx) -> Result<bool, Outcome> {
-        if self.connect_deadline.is_some() {
-            if side == Side::Backend {
-                self.check_connect(ctx)?;
-            } else if event.is_readable() || event.is_read_closed() {
-                self.up.readable = true; // Read once the backend is connected.
-            }
-            if self.connect_deadline.is_some() {
-                return Ok(false);
-            }
-        } else {
-            if event.is_error() {
-                self.check_error(side)?;
-            }
-            let readable = event.is_readable() || event.is_read_closed();
-            let writable = event.is_writable() || event.is_write_closed();
+        let readable = event.is_readable() || event.is_read_closed();
+        if matches!(self.backend, Backend::Connecting(_)) {
             match side {
-                Side::Client => self.up.readable |= readable,
-                Side::Backend => self.down.readable |= readable,
+                Side::Backend => self.step_connect(ctx, false)?,
+                Side::Client => self.up.readable |= readable, // Read once connected.
             }
-            if writable {
-                self.flush(side, ctx)?;
-            }
+            return self.pump(ctx);
+        }
+        if event.is_error() {
+            self.check_error(side)?;
+        }
+        match side {
+            Side::Client => self.up.readable |= readable,
+            Side::Backend => self.down.readable |= readable,
+        }
+        if event.is_writable() || event.is_write_closed() {
+            self.flush(side, ctx)?;
         }
         self.pump(ctx)
     }
 
-    /// An error event: if the socket really has a pending error (a reset), end here,
-    /// even if that side's reading is paused.
-    fn check_error(&self, side: Side) -> Result<(), Outcome> {
-        let socket = match side {
-            Side::Client => Some(&self.client),
-            Side::Backend => self.backend.as_ref(),
+    /// Moves the connect on after an event (or a timeout): still waiting, connected (then
+    /// both sides are read at once: the client may have sent bytes while we waited), or
+    /// every backend failed.
+    fn step_connect(&mut self, ctx: &mut Ctx, timed_out: bool) -> Result<(), Outcome> {
+        let Backend::Connecting(connecting) = std::mem::replace(&mut self.backend, Backend::Failed)
+        else {
+            return Ok(());
         };
-        match socket.map(|s| s.take_error()) {
-            Some(Ok(Some(e)) | Err(e)) => Err(self.failed(side, &e)),
-            _ => Ok(()),
+        let step = match timed_out {
+            true => connecting.time_out(self.id, ctx)?,
+            false => connecting.on_event(self.id, ctx)?,
+        };
+        self.backend = match step {
+            Step::Waiting(connecting) => Backend::Connecting(connecting),
+            Step::Connected(stream, index) => {
+                self.up.readable = true;
+                self.down.readable = true;
+                self.last_active = ctx.now;
+                Backend::Connected(stream, index)
+            }
+        };
+        Ok(())
+    }
+
+    /// An error event: if the socket really has a pending error (a reset), end here,
+    /// even if reading from that side is paused.
+    fn check_error(&self, side: Side) -> Result<(), Outcome> {
+        let socket = match (side, &self.backend) {
+            (Side::Client, _) => &self.client,
+            (Side::Backend, Backend::Connected(stream, _)) => stream,
+            (Side::Backend, _) => return Ok(()),
+        };
+        match socket.take_error() {
+            Ok(Some(e)) | Err(e) => Err(self.failed(side, &e)),
+            Ok(None) => Ok(()),
         }
     }
 
     /// `side` is writable: writes the queue headed there.
     fn flush(&mut self, side: Side, ctx: &mut Ctx) -> Result<(), Outcome> {
-        let Some(backend) = &self.backend else {
+        let Backend::Connected(backend, _) = &self.backend else {
             return Ok(());
         };
         let (pipe, dst, source) = match side {
             Side::Client => (&mut self.down, &self.client, Side::Backend),
             Side::Backend => (&mut self.up, backend, Side::Client),
         };
-        let max = ctx.settings.max_buffered;
-        match pipe.flush(dst, max, self.id) {
+        match pipe.flush(dst, ctx.settings.max_buffered, self.id) {
             Ok(true) => self.last_active = ctx.now,
             Ok(false) => {}
             Err(fault) => return Err(self.fault(source, fault)),
@@ -262,7 +220,7 @@ impl Conn {
 
     /// Moves bytes both ways as far as the sockets allow. `Ok(true)`: call again soon.
     pub fn pump(&mut self, ctx: &mut Ctx) -> Result<bool, Outcome> {
-        let (Some(backend), None) = (&self.backend, self.connect_deadline) else {
+        let Backend::Connected(backend, _) = &self.backend else {
             return Ok(false);
         };
         let max = ctx.settings.max_buffered;
@@ -301,38 +259,38 @@ impl Conn {
 
     /// When [`Conn::on_tick`] has something to do: the connect or the idle deadline.
     pub fn deadline(&self, settings: &Settings) -> Option<Instant> {
-        self.connect_deadline
-            .or_else(|| settings.idle_timeout.map(|idle| self.last_active + idle))
+        match &self.backend {
+            Backend::Connecting(connecting) => Some(connecting.deadline()),
+            Backend::Connected(..) => settings.idle_timeout.map(|idle| self.last_active + idle),
+            Backend::Failed => None,
+        }
     }
 
-    /// Acts on passed deadlines: a connect that took too long moves on to the next
+    /// Acts on a passed deadline: a connect that took too long moves on to the next
     /// backend; a connection idle for `idle_timeout` ends.
     pub fn on_tick(&mut self, ctx: &mut Ctx) -> Result<(), Outcome> {
-        match self.connect_deadline {
-            Some(deadline) if ctx.now >= deadline => {
-                let e = io::Error::new(ErrorKind::TimedOut, "connect timed out");
-                self.connect_failed(self.backend_index, &e, ctx);
-                self.connect_next(ctx)
-            }
-            Some(_) => Ok(()),
-            None => match ctx.settings.idle_timeout {
-                Some(idle) if ctx.now >= self.last_active + idle => Err(Outcome::IdleTimeout),
-                _ => Ok(()),
+        match self.deadline(&ctx.settings) {
+            Some(deadline) if ctx.now >= deadline => match self.backend {
+                Backend::Connecting(_) => self.step_connect(ctx, true),
+                _ => Err(Outcome::IdleTimeout),
             },
+            _ => Ok(()),
         }
     }
 
     /// Deregisters and closes both sockets and returns the summary line's data.
     pub fn close(mut self, outcome: Outcome, registry: &Registry, balancer: &Balancer) -> Summary {
         let _ = registry.deregister(&mut self.client);
-        let connected = self.connect_deadline.is_none() && self.backend.is_some();
-        if let Some(mut backend) = self.backend.take() {
-            let _ = registry.deregister(&mut backend);
-        }
-        let backend = if connected {
-            balancer.backend(self.backend_index).name.clone()
-        } else {
-            "-".to_string()
+        let backend = match self.backend {
+            Backend::Connected(mut stream, index) => {
+                let _ = registry.deregister(&mut stream);
+                balancer.backend(index).name.clone()
+            }
+            Backend::Connecting(connecting) => {
+                connecting.close(registry);
+                "-".to_string()
+            }
+            Backend::Failed => "-".to_string(),
         };
         Summary {
             id: self.id,

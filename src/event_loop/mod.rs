@@ -25,6 +25,7 @@
 //! connection stays on the loop that accepted it, so one busy loop cannot hand work to an
 //! idle one. std cannot set `SO_REUSEPORT`; it would need the `socket2` crate.
 
+mod connect;
 mod connection;
 mod listener;
 mod pipe;
