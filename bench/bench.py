@@ -269,6 +269,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is not installed; run `make bench-deps` first")
     account = report.CpuAccount()
+    settings.rsp_built = report.rsp_version(ROOT)  # before the run: src/ may change meanwhile
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="rsp-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as `nobody` and must read the static files

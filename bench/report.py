@@ -231,7 +231,7 @@ def idle_verdict(others, available):
 
 # ---------------------------------------------------------------- markdown
 
-def header(root, settings, notes, machine):
+def header(settings, notes, machine):
     kind = "QUICK smoke run (1 short round): not a measurement" if settings.quick else \
         f"medians of {settings.rounds} interleaved rounds"
     lines = ["# Benchmarks", "",
@@ -240,7 +240,7 @@ def header(root, settings, notes, machine):
              "`make bench-deps && make bench`.", "",
              "## Machine", "",
              f"- {cpu_model()}, {os.cpu_count()} cores, Linux kernel `{platform.release()}`.",
-             "- " + ", ".join([rsp_version(root)] + tool_versions()) + ".",
+             "- " + ", ".join([settings.rsp_built] + tool_versions()) + ".",
              f"- {idle_verdict(*machine)}"]
     lines += [f"- {note}" for note in notes]
     return lines
@@ -328,7 +328,7 @@ def write_all(root, results, names, settings, notes, machine):
             + ["", "## Targets", "", "Ratios are to HAProxy in the same run.", ""]
             + verdict_table(results))
     chart = os.path.relpath(svg_path, out_dir)
-    text = "\n".join(header(root, settings, notes, machine) + ["", f"![rsp ÷ HAProxy]({chart})", ""]
+    text = "\n".join(header(settings, notes, machine) + ["", f"![rsp ÷ HAProxy]({chart})", ""]
                      + body + [""] + method(settings)) + "\n"
     with open(md_path, "w") as f:
         f.write(text)

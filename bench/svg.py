@@ -35,19 +35,27 @@ def oriented_ratio(results, me, metric, higher_better):
 
 
 def bar_values(results):
-    """[(label, {mode: ratio or None})] for each group."""
+    """[(label, {mode: ratio, or a short text saying why there is none})] for each group."""
     idle_n = 5000 if "idle5000.kib_per_conn" in results.get("HAProxy", {}) else 1000
     out = []
     for label, metric, higher in GROUPS:
         metric = metric.format(n=idle_n)
         if metric.startswith("idle"):
             label = f"{label} ({idle_n // 1000}k)"
-        out.append((label, {m: oriented_ratio(results, m, metric, higher) for m in COLOURS}))
+        values = {}
+        for mode in COLOURS:
+            held = results.get(mode, {}).get(f"idle{idle_n}.held")
+            if metric.startswith("idle") and held is not None and held < idle_n:
+                values[mode] = f"held {held:,.0f}"  # memory per connection means nothing then
+            else:
+                r = oriented_ratio(results, mode, metric, higher)
+                values[mode] = "n/a" if r is None else r
+        out.append((label, values))
     return out
 
 
 def y_scale(values):
-    top = max([2.0] + [min(v, MAX_Y) for _, vs in values for v in vs.values() if v is not None])
+    top = max([2.0] + [min(v, MAX_Y) for _, vs in values for v in vs.values() if isinstance(v, float)])
     top = -(-top * 2 // 1) / 2  # round up to a multiple of 0.5
     plot_h = HEIGHT - TOP - BOTTOM
     return top, lambda v: TOP + plot_h * (1 - min(v, top) / top)
@@ -87,8 +95,8 @@ def bars(values, y):
         x0 = LEFT + i * group_w + group_w * 0.18
         for j, (mode, v) in enumerate(by_mode.items()):
             x = x0 + j * bar_w
-            if v is None:
-                parts.append(text(x + bar_w / 2, y(0) - 4, "n/a", 10, extra=' fill="#888"'))
+            if isinstance(v, str):
+                parts.append(text(x + bar_w / 2, y(0) - 4, v, 10, extra=' fill="#888"'))
                 continue
             parts.append(f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{bar_w - 2:.1f}" '
                          f'height="{y(0) - y(v):.1f}" fill="{COLOURS[mode]}"/>')
@@ -113,5 +121,8 @@ def chart(results, quick):
         x = LEFT + 10 + k * 130
         parts.append(f'<rect x="{x}" y="{HEIGHT - 30}" width="12" height="12" fill="{colour}"/>')
         parts.append(text(x + 18, HEIGHT - 20, mode, 12, "start"))
+    if any(str(v).startswith("held") for _, vs in values for v in vs.values()):
+        note = "held N: it held only N of the idle connections, so no memory figure"
+        parts.append(text(WIDTH - RIGHT, HEIGHT - 20, note, 10, "end", ' fill="#888"'))
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
