@@ -8,30 +8,40 @@
 //! `connect_timeout` is given up. Every failure marks that backend down in the shared
 //! [`Balancer`](crate::balancer::Balancer) and moves on to the next backend in the plan;
 //! the client only notices if every backend fails.
+//!
+//! Running out of file descriptors is our problem, not the backend's: the backend is not
+//! marked down, and the connect is tried again every [`FD_RETRY`] (until
+//! `connect_timeout`) as other connections close and free theirs.
 
 use std::io::{self, ErrorKind};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use super::connection::{Ctx, Side, token};
 use crate::outcome::Outcome;
+use crate::worker::out_of_fds;
+
+/// How often a connect that failed for want of a file descriptor is tried again.
+const FD_RETRY: Duration = Duration::from_millis(50);
 
 /// A backend connect under way.
 #[derive(Debug)]
 pub struct Connecting {
-    /// The socket of the current attempt.
-    stream: TcpStream,
+    /// The socket of the current attempt; `None` while waiting for a free fd.
+    stream: Option<TcpStream>,
     /// Which backend it is (an index into the balancer).
     index: usize,
-    /// When the current attempt is given up.
+    /// When the current backend is given up.
     deadline: Instant,
+    /// While out of fds: when to try again.
+    retry_at: Option<Instant>,
     /// Backends to try after this one, the next one last.
     to_try: Vec<usize>,
 }
 
-/// What became of a connect after an event or a timeout.
+/// What became of a connect after an event or a tick.
 #[derive(Debug)]
 pub enum Step {
     /// Still under way (maybe with the next backend).
@@ -52,73 +62,119 @@ impl Connecting {
     /// Starts a connect to the next backend in `to_try` that accepts one.
     fn next(id: u64, mut to_try: Vec<usize>, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
         while let Some(index) = to_try.pop() {
-            let addr = ctx.balancer.backend(index).addr;
-            let opened = TcpStream::connect(addr).and_then(|mut stream| {
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                ctx.registry
-                    .register(&mut stream, token(id, Side::Backend), interest)?;
-                Ok(stream)
-            });
-            match opened {
-                Ok(stream) => {
-                    let deadline = ctx.now + ctx.settings.connect_timeout;
-                    return Ok(Connecting {
-                        stream,
-                        index,
-                        deadline,
-                        to_try,
-                    });
-                }
-                Err(e) => failed(id, index, &e, ctx),
+            let mut connecting = Connecting {
+                stream: None,
+                index,
+                deadline: ctx.now + ctx.settings.connect_timeout,
+                retry_at: None,
+                to_try,
+            };
+            match connecting.open(id, ctx) {
+                Ok(()) => return Ok(connecting),
+                Err(e) => failed(id, index, &e, ctx)?,
             }
+            to_try = connecting.to_try;
         }
         Err(Outcome::ConnectFailed)
     }
 
-    /// When this attempt is given up ([`Connecting::time_out`]).
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
-    /// The socket had an event: the handshake finished, failed, or is not done yet.
-    pub fn on_event(self, id: u64, ctx: &mut Ctx) -> Result<Step, Outcome> {
-        let result = match self.stream.take_error() {
-            Ok(None) => self.stream.peer_addr(),
-            Ok(Some(e)) | Err(e) => Err(e),
-        };
-        match result {
-            Ok(_) => {
-                ctx.balancer.mark_up(self.index);
-                let _ = self.stream.set_nodelay(true); // A latency hint; failing is harmless.
-                Ok(Step::Connected(self.stream, self.index))
+    /// Opens the socket and starts the handshake, or, out of fds, plans a retry.
+    fn open(&mut self, id: u64, ctx: &mut Ctx) -> io::Result<()> {
+        let addr = ctx.balancer.backend(self.index).addr;
+        let opened = TcpStream::connect(addr).and_then(|mut stream| {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            let registry = ctx.registry;
+            registry.register(&mut stream, token(id, Side::Backend), interest)?;
+            Ok(stream)
+        });
+        match opened {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                self.retry_at = None;
+                Ok(())
             }
-            Err(e) if e.kind() == ErrorKind::NotConnected => Ok(Step::Waiting(self)),
-            Err(e) => self.give_up(id, &e, ctx),
+            Err(e) if out_of_fds(&e) && ctx.now + FD_RETRY < self.deadline => {
+                if self.retry_at.is_none() {
+                    log::warn!("conn {id}: out of file descriptors; waiting for one to free up");
+                }
+                self.retry_at = Some(ctx.now + FD_RETRY);
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
-    /// The deadline passed: gives this backend up and tries the next.
-    pub fn time_out(self, id: u64, ctx: &mut Ctx) -> Result<Step, Outcome> {
+    /// When [`Connecting::on_tick`] has something to do: a retry or the timeout.
+    pub fn deadline(&self) -> Instant {
+        self.retry_at.unwrap_or(self.deadline)
+    }
+
+    /// The socket had an event: the handshake finished, failed, or is not done yet.
+    pub fn on_event(mut self, id: u64, ctx: &mut Ctx) -> Result<Step, Outcome> {
+        let Some(stream) = self.stream.take() else {
+            return Ok(Step::Waiting(self)); // A late event from a socket already given up.
+        };
+        let result = match stream.take_error() {
+            Ok(None) => stream.peer_addr(),
+            Ok(Some(e)) | Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.stream = Some(stream);
+            return match e.kind() {
+                ErrorKind::NotConnected => Ok(Step::Waiting(self)), // Not done yet.
+                _ => self.give_up(id, &e, ctx),
+            };
+        }
+        ctx.balancer.mark_up(self.index);
+        let _ = stream.set_nodelay(true); // A latency hint; failing is harmless.
+        Ok(Step::Connected(stream, self.index))
+    }
+
+    /// A deadline passed: retries a connect that lacked an fd, gives up one that took too
+    /// long (and tries the next backend).
+    pub fn on_tick(mut self, id: u64, ctx: &mut Ctx) -> Result<Step, Outcome> {
+        if ctx.now < self.deadline() {
+            return Ok(Step::Waiting(self));
+        }
+        if self.stream.is_none() {
+            return match self.open(id, ctx) {
+                Ok(()) => Ok(Step::Waiting(self)),
+                Err(e) => self.give_up(id, &e, ctx),
+            };
+        }
         let e = io::Error::new(ErrorKind::TimedOut, "connect timed out");
         self.give_up(id, &e, ctx)
     }
 
     /// This attempt failed with `error`: closes it, tries the next backend.
     fn give_up(mut self, id: u64, error: &io::Error, ctx: &mut Ctx) -> Result<Step, Outcome> {
-        let _ = ctx.registry.deregister(&mut self.stream);
-        failed(id, self.index, error, ctx);
+        if let Some(mut stream) = self.stream.take() {
+            let _ = ctx.registry.deregister(&mut stream);
+        }
+        failed(id, self.index, error, ctx)?;
         Connecting::next(id, self.to_try, ctx).map(Step::Waiting)
     }
 
     /// Stops waiting: deregisters the socket (dropping `self` closes it).
     pub fn close(mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.stream);
+        if let Some(mut stream) = self.stream.take() {
+            let _ = registry.deregister(&mut stream);
+        }
     }
 }
 
-/// Logs a failed attempt on backend `index` and marks it down.
-fn failed(id: u64, index: usize, error: &io::Error, ctx: &mut Ctx) {
+/// Logs a failed attempt on backend `index` and marks it down. Out of fds, it is not the
+/// backend's fault: the connection gives up instead (another backend would fail alike).
+fn failed(id: u64, index: usize, error: &io::Error, ctx: &mut Ctx) -> Result<(), Outcome> {
     let name = &ctx.balancer.backend(index).name;
-    log::warn!("conn {id}: backend {name} failed: {error}; skipping it for a while");
+    if out_of_fds(error) {
+        log::error!("conn {id}: cannot connect to backend {name}: {error}");
+        return Err(Outcome::ConnectFailed);
+    }
+    log::warn!(
+        "conn {id}: backend {name} failed: {error}; skipping it for {} s",
+        ctx.balancer.retry().as_secs_f64()
+    );
     ctx.balancer.mark_down(index);
+    Ok(())
 }

@@ -163,16 +163,16 @@ impl Conn {
         self.pump(ctx)
     }
 
-    /// Moves the connect on after an event (or a timeout): still waiting, connected (then
+    /// Moves the connect on after an event (or a tick): still waiting, connected (then
     /// both sides are read at once: the client may have sent bytes while we waited), or
     /// every backend failed.
-    fn step_connect(&mut self, ctx: &mut Ctx, timed_out: bool) -> Result<(), Outcome> {
+    fn step_connect(&mut self, ctx: &mut Ctx, ticked: bool) -> Result<(), Outcome> {
         let Backend::Connecting(connecting) = std::mem::replace(&mut self.backend, Backend::Failed)
         else {
             return Ok(());
         };
-        let step = match timed_out {
-            true => connecting.time_out(self.id, ctx)?,
+        let step = match ticked {
+            true => connecting.on_tick(self.id, ctx)?,
             false => connecting.on_event(self.id, ctx)?,
         };
         self.backend = match step {
@@ -279,11 +279,21 @@ impl Conn {
     }
 
     /// Deregisters and closes both sockets and returns the summary line's data.
+    ///
+    /// When one side reset or vanished, the other side is reset too (`SO_LINGER` 0 makes
+    /// `close()` send an RST), never closed with a FIN: a cut-off transfer must not look
+    /// complete to the peer that is still there.
     pub fn close(mut self, outcome: Outcome, registry: &Registry, balancer: &Balancer) -> Summary {
         let _ = registry.deregister(&mut self.client);
+        if outcome == Outcome::BackendReset {
+            reset_on_close(&self.client);
+        }
         let backend = match self.backend {
             Backend::Connected(mut stream, index) => {
                 let _ = registry.deregister(&mut stream);
+                if outcome == Outcome::ClientReset {
+                    reset_on_close(&stream);
+                }
                 balancer.backend(index).name.clone()
             }
             Backend::Connecting(connecting) => {
@@ -302,4 +312,10 @@ impl Conn {
             outcome,
         }
     }
+}
+
+/// Makes the coming close of `socket` send an RST instead of a FIN (`SO_LINGER` 0; unsent
+/// data is dropped). Failing only means the socket is already gone.
+fn reset_on_close(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
