@@ -10,6 +10,7 @@
 //! [`Balancer::mark_down`] and [`Balancer::mark_up`]. It is shared by reference between
 //! threads (`&Balancer` is `Sync`), or used from one event loop.
 
+use std::io;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -84,6 +85,24 @@ impl Balancer {
     /// How long a backend that failed is skipped (`backend_retry`).
     pub fn retry(&self) -> Duration {
         self.retry
+    }
+
+    /// Records and logs that connecting client `id` to backend `index` failed with `error`
+    /// (both modes call this). Returns whether to try the next backend. Running out of
+    /// file descriptors is our problem, not the backend's: it is not marked down, and the
+    /// answer is `false` (another backend would fail alike).
+    pub fn connect_failed(&self, id: u64, index: usize, error: &io::Error) -> bool {
+        let name = &self.backends[index].name;
+        if crate::worker::out_of_fds(error) {
+            log::error!("conn {id}: cannot connect to backend {name}: {error}");
+            return false;
+        }
+        log::warn!(
+            "conn {id}: backend {name} failed: {error}; skipping it for {} s",
+            self.retry.as_secs_f64()
+        );
+        self.mark_down(index);
+        true
     }
 
     /// Records that backend `index` accepted a connection: it is up.

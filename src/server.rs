@@ -221,10 +221,7 @@ fn drain(
     timeout: Duration,
 ) {
     let open = registry.len();
-    log::info!(
-        "Shutting down: no longer accepting; waiting up to {:.1} s for {open} open connection(s).",
-        timeout.as_secs_f64()
-    );
+    shutdown::log_drain_start(open, timeout);
     let deadline = Instant::now() + timeout;
     if let Some(job) = pending {
         // Accepted before the signal: it still deserves service if a worker frees up.
@@ -232,14 +229,11 @@ fn drain(
     }
     let left = deadline.saturating_duration_since(Instant::now());
     if registry.wait_empty(left) {
-        log::info!("All {open} connection(s) drained; exiting.");
+        shutdown::log_drain_end(open, 0);
         return;
     }
     let cut = registry.cut_all(Outcome::Shutdown);
     // Cut sockets wake their threads at once; give them a moment to log their summaries.
     registry.wait_empty(Duration::from_secs(1));
-    log::info!(
-        "Drain timeout: {} connection(s) drained, {cut} cut; exiting.",
-        open.saturating_sub(cut)
-    );
+    shutdown::log_drain_end(open, cut);
 }

@@ -63,6 +63,27 @@ impl Shutdown {
     }
 }
 
+/// Logs the start of a drain: `open` connections get up to `timeout` to finish.
+pub fn log_drain_start(open: usize, timeout: Duration) {
+    log::info!(
+        "Shutting down: no longer accepting; waiting up to {:.1} s for {open} open connection(s).",
+        timeout.as_secs_f64()
+    );
+}
+
+/// Logs the end of a drain that began with `open` connections and had to cut `cut` of
+/// them at the timeout.
+pub fn log_drain_end(open: usize, cut: usize) {
+    if cut == 0 {
+        log::info!("All {open} connection(s) drained; exiting.");
+    } else {
+        log::info!(
+            "Drain timeout: {} connection(s) drained, {cut} cut; exiting.",
+            open.saturating_sub(cut)
+        );
+    }
+}
+
 /// Where to connect to reach a listener bound to `listen`: the same port, on loopback if
 /// the listener is bound to every interface (`0.0.0.0` or `::` cannot be connected to).
 pub fn wake_address(listen: SocketAddr) -> SocketAddr {

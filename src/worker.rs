@@ -97,18 +97,10 @@ fn connect_backend(ctx: &Context, id: u64) -> Option<(TcpStream, String)> {
                 ctx.balancer.mark_up(index);
                 return Some((stream, backend.name.clone()));
             }
-            // Out of fds is our problem, not the backend's: do not mark it down.
-            Err(e) if out_of_fds(&e) => {
-                log::error!("conn {id}: cannot connect to backend {}: {e}", backend.name);
-                return None;
-            }
             Err(e) => {
-                log::warn!(
-                    "conn {id}: backend {} failed: {e}; skipping it for {} s",
-                    backend.name,
-                    ctx.balancer.retry().as_secs_f64()
-                );
-                ctx.balancer.mark_down(index);
+                if !ctx.balancer.connect_failed(id, index, &e) {
+                    return None;
+                }
             }
         }
     }

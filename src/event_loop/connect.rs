@@ -163,18 +163,12 @@ impl Connecting {
     }
 }
 
-/// Logs a failed attempt on backend `index` and marks it down. Out of fds, it is not the
-/// backend's fault: the connection gives up instead (another backend would fail alike).
+/// Reports a failed attempt on backend `index` to the balancer (which logs it and marks
+/// the backend down). `Err` when the connection should give up rather than try the next
+/// backend (out of fds: another backend would fail alike).
 fn failed(id: u64, index: usize, error: &io::Error, ctx: &mut Ctx) -> Result<(), Outcome> {
-    let name = &ctx.balancer.backend(index).name;
-    if out_of_fds(error) {
-        log::error!("conn {id}: cannot connect to backend {name}: {error}");
-        return Err(Outcome::ConnectFailed);
+    match ctx.balancer.connect_failed(id, index, error) {
+        true => Ok(()),
+        false => Err(Outcome::ConnectFailed),
     }
-    log::warn!(
-        "conn {id}: backend {name} failed: {error}; skipping it for {} s",
-        ctx.balancer.retry().as_secs_f64()
-    );
-    ctx.balancer.mark_down(index);
-    Ok(())
 }

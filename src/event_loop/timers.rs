@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::shutdown;
+
 /// The shortest time between two scans of the connections for passed deadlines.
 pub const MIN_TICK: Duration = Duration::from_millis(100);
 
@@ -79,10 +81,7 @@ impl Timers {
 
     /// Ctrl-C: starts the drain of the `open` connections.
     pub fn begin_drain(&mut self, open: usize, now: Instant) {
-        log::info!(
-            "Shutting down: no longer accepting; waiting up to {:.1} s for {open} open connection(s).",
-            self.drain_timeout.as_secs_f64()
-        );
+        shutdown::log_drain_start(open, self.drain_timeout);
         self.drain = Some(Drain {
             deadline: now + self.drain_timeout,
             open,
@@ -96,7 +95,7 @@ impl Timers {
             return false;
         };
         if open == 0 {
-            log::info!("All {} connection(s) drained; exiting.", drain.open);
+            shutdown::log_drain_end(drain.open, 0);
             return true;
         }
         now >= drain.deadline
@@ -104,10 +103,6 @@ impl Timers {
 
     /// Logs the end of a drain that had to cut `cut` connections.
     pub fn log_drain_end(&self, cut: usize) {
-        let open = self.drain.map_or(0, |d| d.open);
-        log::info!(
-            "Drain timeout: {} connection(s) drained, {cut} cut; exiting.",
-            open.saturating_sub(cut)
-        );
+        shutdown::log_drain_end(self.drain.map_or(0, |d| d.open), cut);
     }
 }
