@@ -28,7 +28,7 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
 /// How long to pause after an accept error (such as running out of file descriptors)
 /// before accepting again.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// How often at most an accept error is logged.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -151,11 +151,20 @@ fn accept_loop(
 /// at most once per [`ACCEPT_LOG_EVERY`]. Open connections go on meanwhile; queued
 /// clients wait in the backlog and are accepted once fds are free again.
 fn accept_failed(e: &io::Error, last_logged: &mut Option<Instant>) {
+    if accept_error_pauses(e, last_logged) {
+        thread::sleep(ACCEPT_PAUSE);
+    }
+}
+
+/// Whether accept error `e` calls for a pause of [`ACCEPT_PAUSE`] (see
+/// [`accept_failed`]); logs it if so, at most once per [`ACCEPT_LOG_EVERY`] since
+/// `last_logged`. Both modes use it (mio mode pauses by not polling the listener).
+pub fn accept_error_pauses(e: &io::Error, last_logged: &mut Option<Instant>) -> bool {
     if matches!(
         e.kind(),
         ErrorKind::ConnectionAborted | ErrorKind::Interrupted
     ) {
-        return;
+        return false;
     }
     let now = Instant::now();
     if last_logged.is_none_or(|t| now >= t + ACCEPT_LOG_EVERY) {
@@ -171,7 +180,7 @@ fn accept_failed(e: &io::Error, last_logged: &mut Option<Instant>) {
             ACCEPT_PAUSE.as_millis()
         );
     }
-    thread::sleep(ACCEPT_PAUSE);
+    true
 }
 
 /// Queues `job` for a worker, blocking while the queue is full. Logs once when the pool

@@ -4,21 +4,18 @@
 //! Running out of fds (`EMFILE`) is the classic busy loop of event-driven servers: the
 //! pending connection stays in the kernel's queue, so the listener stays readable and
 //! `accept` fails again at once, forever. Here any accept error other than an aborted
-//! connection takes the listener out of the poll set for [`BACKOFF`]; the clients wait in
-//! the kernel's backlog meanwhile. The error is logged at most once per second.
+//! connection takes the listener out of the poll set for [`ACCEPT_PAUSE`]; the clients
+//! wait in the kernel's backlog meanwhile. Which errors pause, and the log line (at most
+//! one per second), are shared with threads mode ([`accept_error_pauses`]).
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
-/// How long accepting pauses after an accept error such as `EMFILE`.
-pub const BACKOFF: Duration = Duration::from_millis(100);
-
-/// How often at most an accept error is logged.
-const LOG_EVERY: Duration = Duration::from_secs(1);
+use crate::server::{ACCEPT_PAUSE, accept_error_pauses};
 
 /// The listener and its back-off state.
 #[derive(Debug)]
@@ -62,27 +59,21 @@ impl Listener {
             match result {
                 Ok(client) => return Some(client),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
-                // The client gave up while in the queue, or a signal: try the next one.
-                Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.pause(registry, now, &e);
+                Err(e) if accept_error_pauses(&e, &mut self.last_logged) => {
+                    self.pause(registry, now);
                     return None;
                 }
+                Err(_) => {} // The client gave up while queued, or a signal: next one.
             }
         }
     }
 
-    /// Stops polling the listener for [`BACKOFF`] after accept failed with `error`.
-    fn pause(&mut self, registry: &Registry, now: Instant, error: &io::Error) {
-        if self.last_logged.is_none_or(|t| now >= t + LOG_EVERY) {
-            self.last_logged = Some(now);
-            log::warn!("accept failed: {error}; pausing accepts for {BACKOFF:?}");
-        }
+    /// Stops polling the listener for [`ACCEPT_PAUSE`].
+    fn pause(&mut self, registry: &Registry, now: Instant) {
         if let Some(socket) = &mut self.socket {
             let _ = registry.deregister(socket);
         }
-        self.paused_until = Some(now + BACKOFF);
+        self.paused_until = Some(now + ACCEPT_PAUSE);
     }
 
     /// When [`Listener::on_tick`] has something to do.
@@ -98,7 +89,8 @@ impl Listener {
             (Some(until), Some(socket)) if now >= until => {
                 self.paused_until = None;
                 if let Err(e) = registry.register(socket, self.token, Interest::READABLE) {
-                    self.pause(registry, now, &e);
+                    log::error!("cannot poll the listener again: {e}; retrying");
+                    self.paused_until = Some(now + ACCEPT_PAUSE);
                     return false;
                 }
                 true
