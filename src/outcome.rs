@@ -94,8 +94,15 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Logs this summary: one info line per connection.
+    /// Logs this summary: one info line per connection, after an error line if no
+    /// backend could be reached (the client is turned away: worth more than info).
     pub fn log(&self) {
+        if self.outcome == Outcome::ConnectFailed {
+            log::error!(
+                "conn {}: no backend accepted the connection; closing the client",
+                self.id
+            );
+        }
         log::info!("{self}");
     }
 }

@@ -52,7 +52,6 @@ pub struct Context {
 pub fn serve(ctx: &Context, job: Accepted) {
     let id = job.ticket.id();
     let Some((backend, name)) = connect_backend(ctx, id) else {
-        log::error!("conn {id}: no backend accepted the connection; closing the client");
         let summary = Summary {
             id,
             client: job.addr,

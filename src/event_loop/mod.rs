@@ -253,9 +253,6 @@ impl EventLoop {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
-        if outcome == Outcome::ConnectFailed {
-            log::error!("conn {id}: no backend accepted the connection; closing the client");
-        }
         conn.close(outcome, self.poll.registry(), &self.balancer)
             .log();
     }
