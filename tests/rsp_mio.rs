@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -173,5 +173,62 @@ fn a_slow_reader_of_100_mib_keeps_rss_flat() {
         proxy
             .wait_for_line("backend -> client resumed", Duration::from_secs(5))
             .is_some()
+    );
+}
+
+/// A listener whose accept queue is full, so new connects to it hang in the handshake
+/// (the kernel drops their SYNs). Returns it with the connections that fill it.
+fn black_hole() -> (TcpListener, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&local(0).into()).unwrap();
+    socket.listen(0).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..10 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(stream) => fillers.push(stream),
+            Err(_) => return (listener, fillers), // Full: this connect hung.
+        }
+    }
+    panic!("could not fill the accept queue of {addr}");
+}
+
+/// A backend whose handshake never completes is given up after `connect_timeout` and the
+/// next backend serves the client; meanwhile the loop serves other clients (the connect
+/// does not block it).
+#[test]
+fn a_hanging_connect_times_out_without_stalling_the_loop() {
+    let (hole, _fillers) = black_hole();
+    let hole_port = hole.local_addr().unwrap().port();
+    let good = Backend::hello();
+    let mut proxy = Target::RspMio.start_with(&[hole_port, good.port], "connect_timeout = 3");
+    // The first client is accepted first, so round robin sends it to the black hole.
+    let started = Instant::now();
+    let mut first = connect(proxy.port);
+    write!(first, "GET / HTTP/1.0\r\n\r\n").unwrap();
+    // The second goes to the good backend and is served while the first still waits.
+    assert_hello(&http_get(proxy.port, "/").unwrap());
+    first.set_nonblocking(true).unwrap();
+    let waiting = (&first).read(&mut [0u8; 1]);
+    assert!(
+        matches!(&waiting, Err(e) if e.kind() == ErrorKind::WouldBlock),
+        "the first client should still wait: {waiting:?}"
+    );
+    first.set_nonblocking(false).unwrap();
+    let mut response = Vec::new();
+    first.read_to_end(&mut response).unwrap();
+    assert_hello(&response);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "failover after {took:?}"
+    );
+    let line = proxy.wait_for_line("connect timed out", Duration::from_secs(5));
+    assert!(
+        line.is_some_and(|l| l.contains(&hole_port.to_string())),
+        "{}",
+        proxy.output()
     );
 }
