@@ -3,11 +3,11 @@
 //! # How it works
 //! One [`mio::Poll`] watches the listener, a [`mio::Waker`] (Ctrl-C) and both sockets of
 //! every connection. Each turn of the loop waits for events, then: accepts every pending
-//! client ([`listener`]), lets each connection with an event move what it can
-//! ([`connection`], [`pipe`], [`queue`]), and acts on passed deadlines (connect and idle
-//! timeouts, the accept back-off, the drain). Nothing ever blocks, so one slow client or
-//! dead backend cannot hold up the others. A connection is a record in a map: two
-//! sockets and a few counters, no thread, no stack, no buffer while idle; all
+//! client (module `listener`), lets each connection with an event move what it can
+//! (`connection`, `connect`, `pipe`, `queue`), and acts on passed deadlines (`timers`:
+//! connect and idle timeouts, the accept back-off, the drain). Nothing ever blocks, so
+//! one slow client or dead backend cannot hold up the others. A connection is a record in
+//! a map: two sockets and a few counters, no thread, no stack, no buffer while idle; all
 //! connections share one read buffer, since a read is passed on (or queued) at once.
 //!
 //! # Why one thread is enough
@@ -23,7 +23,8 @@
 //! with `SO_REUSEPORT`: the kernel spreads new connections over the N listeners, so N
 //! cores work, and the loops share nothing but the balancer (already thread-safe). A
 //! connection stays on the loop that accepted it, so one busy loop cannot hand work to an
-//! idle one. std cannot set `SO_REUSEPORT`; it would need the `socket2` crate.
+//! idle one. std cannot set `SO_REUSEPORT`; `socket2` (already used for the listen
+//! backlog) can.
 
 mod connect;
 mod connection;
