@@ -185,10 +185,24 @@ def wait_for_fds(pid, target, deadline, rising):
         time.sleep(0.02)
 
 
+def settled_fd_count(pid, timeout=3.0):
+    """The server's fd count once it has not changed for 0.3 s (a connection from an
+    earlier check may still be closing), or after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last, since = procs.fd_count(pid), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < 0.3:
+        time.sleep(0.02)
+        n = procs.fd_count(pid)
+        if n != last:
+            last, since = n, time.monotonic()
+    return last
+
+
 def idle(port, pid, count, fresh_path, is_proxy):
     """Open `count` idle connections at once and look at the server holding them."""
     per_conn = 2 if is_proxy else 1  # a proxy holds a client and a backend socket
-    fds_before, rss_before = procs.fd_count(pid), procs.status_field(pid, "VmRSS")
+    fds_before = settled_fd_count(pid)
+    rss_before = procs.status_field(pid, "VmRSS")
     overflows_before = procs.listen_overflows()
     start = time.monotonic()
     took, socks, failed = connect_burst(port, count, start + IDLE_DEADLINE)
