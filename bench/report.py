@@ -66,9 +66,19 @@ def show(value, fmt):
 
 def ratio(results, a, b, metric):
     x, y = results.get(a, {}).get(metric), results.get(b, {}).get(metric)
+    if metric.endswith(".kib_per_conn") and not (held_all(results, a, metric) and
+                                                 held_all(results, b, metric)):
+        return None  # memory per connection means nothing if it did not hold them all
     if x is None or y is None or y == 0 or isinstance(x, bool):
         return None
     return x / y
+
+
+def held_all(results, name, metric):
+    """Whether `name` held every connection of the idle test `metric` belongs to."""
+    test = metric.split(".")[0]  # e.g. "idle5000"
+    held = results.get(name, {}).get(f"{test}.held")
+    return held is not None and held >= int(test[len("idle"):])
 
 
 def brief(figures):
