@@ -55,9 +55,15 @@ impl Registry {
 
     /// Waits up to `timeout` for every connection to close; returns whether they did.
     pub fn wait_empty(&self, timeout: Duration) -> bool {
+        self.wait_below(1, timeout)
+    }
+
+    /// Waits up to `timeout` until fewer than `max` connections are open; returns whether
+    /// they are.
+    pub fn wait_below(&self, max: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut open = self.lock();
-        while !open.is_empty() {
+        while open.len() >= max {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -138,6 +144,18 @@ mod tests {
         assert!(registry.wait_empty(Duration::from_secs(5)));
         waiter.join().unwrap();
         assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn waits_until_below_a_limit() {
+        let registry = Registry::new();
+        let a = registry.admit();
+        let _b = registry.admit();
+        assert!(registry.wait_below(3, Duration::ZERO));
+        assert!(!registry.wait_below(2, Duration::from_millis(10)));
+        let closer = std::thread::spawn(move || drop(a));
+        assert!(registry.wait_below(2, Duration::from_secs(5)));
+        closer.join().unwrap();
     }
 
     #[test]

@@ -80,6 +80,27 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
+/// Fds the connection limit leaves for everything else (a backend connect under way,
+/// a log file, the Ctrl-C wake-up connection).
+const SPARE_FDS: usize = 16;
+
+/// How many connections fit in this process's open-files limit (`ulimit -n`): each
+/// holds two fds (client and backend), after the fds open now and [`SPARE_FDS`]. Both
+/// modes stop accepting at this limit, so no client is accepted without an fd left for
+/// its backend; new clients wait in the listen backlog until a connection closes.
+/// `None` if `/proc` cannot tell: running out then shows as accept or connect errors,
+/// which are handled too.
+pub fn connection_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    // "Max open files            20000                20000                files"
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft: usize = line.split_whitespace().nth(3)?.parse().ok()?; // or "unlimited"
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    let limit = (soft.saturating_sub(open + SPARE_FDS) / 2).max(1);
+    log::debug!("Connection limit: {limit} (open-files limit {soft}, {open} fds open)");
+    Some(limit)
+}
+
 fn run_threads(config: Config) -> io::Result<()> {
     let listener = listen(config.listen)?;
     let local = listener.local_addr()?;
@@ -102,25 +123,34 @@ fn run_threads(config: Config) -> io::Result<()> {
         worker::serve(&ctx, job)
     })?;
     let registry = Registry::new();
+    let limit = connection_limit();
     announce(local.port());
 
-    let pending = accept_loop(&listener, &pool, &registry, &shutdown);
+    let pending = accept_loop(&listener, &pool, &registry, &shutdown, limit);
     drop(listener); // from here on, new connections are refused
     drain(&registry, pending, pool.sender(), config.drain_timeout);
     Ok(())
 }
 
-/// Accepts clients until a shutdown begins. Returns a client that was accepted but not
-/// yet queued when it did (the drain still serves it).
+/// Accepts clients until a shutdown begins, never more than `limit` open at once (see
+/// [`connection_limit`]). Returns a client that was accepted but not yet queued when the
+/// shutdown began (the drain still serves it).
 fn accept_loop(
     listener: &TcpListener,
     pool: &Pool<Accepted>,
     registry: &Arc<Registry>,
     shutdown: &Shutdown,
+    limit: Option<usize>,
 ) -> Option<Accepted> {
     let mut saturated = false;
+    let mut at_limit = false;
     let mut last_logged: Option<Instant> = None;
     loop {
+        if let Some(max) = limit
+            && !wait_for_room(registry, max, shutdown, &mut at_limit)
+        {
+            return None;
+        }
         let accepted = listener.accept();
         if shutdown.is_stopping() {
             return None; // the handler's wake-up connection, or a client just too late
@@ -142,6 +172,42 @@ fn accept_loop(
         if let Err(job) = hand_off(pool, job, &mut saturated, shutdown) {
             return job;
         }
+    }
+}
+
+/// Waits while `max` connections are open; logs once when the limit is reached and once
+/// when there is room again. `false` if a shutdown began meanwhile.
+fn wait_for_room(
+    registry: &Registry,
+    max: usize,
+    shutdown: &Shutdown,
+    at_limit: &mut bool,
+) -> bool {
+    while !registry.wait_below(max, SHUTDOWN_POLL) {
+        if !*at_limit {
+            *at_limit = true;
+            log_connection_limit(max, true);
+        }
+        if shutdown.is_stopping() {
+            return false;
+        }
+    }
+    if *at_limit {
+        *at_limit = false;
+        log_connection_limit(max, false);
+    }
+    true
+}
+
+/// Logs reaching the connection limit (`reached`) or getting below it again; both modes.
+pub fn log_connection_limit(max: usize, reached: bool) {
+    if reached {
+        log::warn!(
+            "At the connection limit ({max}, from the open-files limit): new clients wait \
+             in the listen backlog."
+        );
+    } else {
+        log::info!("Below the connection limit again; accepting.");
     }
 }
 

@@ -409,87 +409,173 @@ fn warm_up_every_worker(proxy: &Proxy, backend: &Backend, n: usize, engaged: usi
     }
 }
 
-/// With its fd limit lowered so that about 100 connections fit, 200 clients connect: the
-/// first ones are served, rsp uses under 20% CPU while it is out of fds (no busy loop),
-/// and once those clients close, new ones are served.
+/// Started with its fd limit lowered so that about 100 connections fit, 200 clients
+/// connect: rsp accepts as many as it has fds to serve (its connection limit) and serves
+/// them, the others wait in the listen backlog while rsp uses under 20% CPU (no busy
+/// loop), and once the first clients close, every waiting client is served, then new
+/// ones. Nobody is accepted without an fd for its backend, nobody is dropped.
 #[test]
-fn running_out_of_fds_pauses_accepting_without_spinning() {
+fn at_the_open_files_limit_clients_wait_in_the_backlog() {
     for target in Target::rsp_modes() {
         let backend = Backend::echo();
         let idle_fds = target.start(backend.port).fds();
-        let limit = idle_fds + 2 * 100;
+        let fd_limit = idle_fds + 2 * 100;
         let config = rsp_config(&[backend.port], mode_line(target));
         let args = [
-            format!("--nofile={limit}:{limit}"),
+            format!("--nofile={fd_limit}:{fd_limit}"),
             target.binary().to_string(),
             config.display().to_string(),
         ];
         let mut proxy = Proxy::spawn("prlimit", &args);
+        let line = |i: usize| format!("client {i}\n");
 
         // 200 clients connect (the kernel completes the handshakes: the listen backlog
-        // holds those rsp cannot accept) and each sends one line.
+        // holds those rsp does not accept yet) and each sends one line.
         let mut clients: Vec<TcpStream> = (0..200)
             .map(|i| {
                 let mut stream = connect(proxy.port);
-                writeln!(stream, "client {i}").unwrap();
+                stream.write_all(line(i).as_bytes()).unwrap();
                 stream
             })
             .collect();
-        // The first 50 are served: their line comes back.
-        for (i, stream) in clients.iter_mut().enumerate().take(50) {
-            let mut echo = vec![0u8; format!("client {i}\n").len()];
+        let reached = proxy.wait_for_line("At the connection limit (", Duration::from_secs(10));
+        let limit: usize = reached
+            .as_deref()
+            .and_then(|l| l.split("limit (").nth(1)?.split(',').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{target:?}: no connection limit:\n{}", proxy.output()));
+        assert!(limit < 100, "{target:?}: limit {limit} with {fd_limit} fds");
+        // The first `limit` clients (the listen queue is first in, first out) are served:
+        // their line comes back.
+        for (i, stream) in clients.iter_mut().enumerate().take(limit) {
+            let mut echo = vec![0u8; line(i).len()];
             stream.read_exact(&mut echo).unwrap();
-            assert_eq!(echo, format!("client {i}\n").as_bytes(), "{target:?}");
+            assert_eq!(echo, line(i).as_bytes(), "{target:?}");
         }
-        assert!(
-            proxy
-                .wait_for_line("Too many open files", Duration::from_secs(10))
-                .is_some(),
-            "{target:?}: rsp never ran out of fds (limit {limit}):\n{}",
-            proxy.output()
-        );
-        let served_before = backend.accepted.load(Ordering::SeqCst);
+        assert_eq!(backend.accepted.load(Ordering::SeqCst), limit, "{target:?}");
 
-        // Out of fds: CPU over 2 s.
+        // At the limit: CPU over 2 s.
         let (ticks, started) = (cpu_ticks(proxy.pid()), Instant::now());
         thread::sleep(Duration::from_secs(2));
         let cpu = (cpu_ticks(proxy.pid()) - ticks) as f64 / 100.0 / started.elapsed().as_secs_f64();
-        let accept_errors = proxy.output().matches("accept failed").count();
         println!(
-            "{target:?}: fd limit {limit} ({idle_fds} idle), {served_before} of 200 served \
-             while out of fds, CPU {:.1}%, {accept_errors} accept-error log lines",
+            "{target:?}: {fd_limit} fds ({idle_fds} idle): connection limit {limit}, CPU {:.1}% \
+             while 200 - {limit} clients wait",
             cpu * 100.0
         );
-        assert!(served_before < 200, "{target:?}: every client was served");
         assert!(
             cpu < 0.20,
-            "{target:?}: {:.1}% CPU while out of fds",
+            "{target:?}: {:.1}% CPU at the limit",
             cpu * 100.0
         );
+        assert_eq!(backend.accepted.load(Ordering::SeqCst), limit, "{target:?}");
 
-        // The served clients leave. Waiting clients may have been accepted and closed
-        // meanwhile (rsp had no fd left for their backend); count those served now.
-        let waiting = clients.split_off(served_before.min(200));
+        // The served clients leave: every waiting client is served, in turn.
+        let waiting = clients.split_off(limit);
         drop(clients);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut served_after = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
         for (k, mut stream) in waiting.into_iter().enumerate() {
-            let line = format!("client {}\n", served_before + k);
             let left = deadline.saturating_duration_since(Instant::now());
             stream
                 .set_read_timeout(Some(left.max(Duration::from_millis(10))))
                 .unwrap();
-            let mut echo = vec![0u8; line.len()];
-            if stream.read_exact(&mut echo).is_ok() && echo == line.as_bytes() {
-                served_after += 1;
-            }
+            let mut echo = vec![0u8; line(limit + k).len()];
+            stream.read_exact(&mut echo).unwrap();
+            assert_eq!(echo, line(limit + k).as_bytes(), "{target:?}");
         }
-        println!("{target:?}: {served_after} waiting clients served after the first left");
         let mut fresh = connect(proxy.port);
         fresh.write_all(b"fresh\n").unwrap();
         let mut echo = [0u8; 6];
         fresh.read_exact(&mut echo).unwrap();
         assert_eq!(&echo, b"fresh\n", "{target:?}");
+        let output = proxy.output();
+        assert!(
+            !output.contains("Too many open files"),
+            "{target:?}: ran out of fds after all:\n{output}"
+        );
+        assert_no_panic(&proxy, target);
+    }
+}
+
+/// When the fd limit is lowered under a running rsp (`prlimit --pid`: it cannot know, so
+/// it really runs out), the clients served before keep working, `accept` failing with
+/// "Too many open files" is logged at most once a second, rsp uses under 20% CPU while
+/// out of fds (no busy loop), and once clients close, new ones are served.
+#[test]
+fn running_out_of_fds_pauses_accepting_without_spinning() {
+    for target in Target::rsp_modes() {
+        let backend = Backend::echo();
+        let proxy = target.start(backend.port);
+        let line = |i: usize| format!("client {i}\n");
+        let round_trip = |stream: &mut TcpStream, i: usize| {
+            stream.write_all(line(i).as_bytes())?;
+            let mut echo = vec![0u8; line(i).len()];
+            stream.read_exact(&mut echo)?;
+            assert_eq!(echo, line(i).as_bytes(), "{target:?}");
+            io::Result::Ok(())
+        };
+        let fd_limit = proxy.fds() + 2 * 100;
+        let status = std::process::Command::new("prlimit")
+            .args([
+                format!("--pid={}", proxy.pid()),
+                format!("--nofile={fd_limit}:{fd_limit}"),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "prlimit --pid failed");
+
+        // 50 clients are served one by one, then 150 more connect and run rsp out of fds.
+        let mut served: Vec<TcpStream> = (0..50)
+            .map(|i| {
+                let mut stream = connect(proxy.port);
+                round_trip(&mut stream, i).unwrap();
+                stream
+            })
+            .collect();
+        let mut extra: Vec<TcpStream> = (50..200)
+            .map(|i| {
+                let mut stream = connect(proxy.port);
+                stream.write_all(line(i).as_bytes()).unwrap();
+                stream
+            })
+            .collect();
+        let mut proxy = proxy;
+        assert!(
+            proxy
+                .wait_for_line("Too many open files", Duration::from_secs(10))
+                .is_some(),
+            "{target:?}: rsp never ran out of fds ({fd_limit}):\n{}",
+            proxy.output()
+        );
+
+        // Out of fds: CPU and accept-error log lines over 2 s; the first clients still work.
+        let errors_before = proxy.output().matches("accept failed").count();
+        let (ticks, started) = (cpu_ticks(proxy.pid()), Instant::now());
+        thread::sleep(Duration::from_secs(2));
+        let cpu = (cpu_ticks(proxy.pid()) - ticks) as f64 / 100.0 / started.elapsed().as_secs_f64();
+        let errors = proxy.output().matches("accept failed").count() - errors_before;
+        for (i, stream) in served.iter_mut().enumerate() {
+            round_trip(stream, 1000 + i).unwrap();
+        }
+        let got_through = backend.accepted.load(Ordering::SeqCst);
+        println!(
+            "{target:?}: {fd_limit} fds: out of fds with {got_through} of 200 clients served, \
+             CPU {:.1}%, {errors} accept-error lines in 2 s",
+            cpu * 100.0
+        );
+        assert!(cpu < 0.20, "{target:?}: {:.1}% CPU out of fds", cpu * 100.0);
+        assert!(
+            errors <= 3,
+            "{target:?}: {errors} accept-error lines in 2 s"
+        );
+
+        // Everybody leaves; a new client is served (maybe after the backlog's leftovers).
+        drop(served);
+        extra.clear();
+        let mut fresh = connect(proxy.port);
+        fresh
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        round_trip(&mut fresh, 0).unwrap();
         assert_no_panic(&proxy, target);
     }
 }

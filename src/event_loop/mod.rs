@@ -94,6 +94,12 @@ struct EventLoop {
     again: Vec<u64>,
     /// Deadlines: connections, accept back-off, drain.
     timers: Timers,
+    /// The most connections open at once (`server::connection_limit`): each needs two
+    /// fds. `usize::MAX` if unknown.
+    max_conns: usize,
+    /// Whether accepting stopped at `max_conns`: once a connection closes, the waiting
+    /// clients must be accepted without a new event (the listener is edge-triggered).
+    at_limit: bool,
 }
 
 impl EventLoop {
@@ -114,6 +120,8 @@ impl EventLoop {
             buf: vec![0; config.buffer_size.max(1)],
             again: Vec::new(),
             timers: Timers::new(config.drain_timeout),
+            max_conns: crate::server::connection_limit().unwrap_or(usize::MAX),
+            at_limit: false,
         })
     }
 
@@ -152,6 +160,9 @@ impl EventLoop {
             if self.timers.tick_due(now) {
                 self.check_deadlines(now);
             }
+            if self.at_limit && self.conns.len() < self.max_conns {
+                self.accept_all(now); // Connections closed: clients may be waiting.
+            }
             if self.timers.drain_over(self.conns.len(), now) {
                 if !self.conns.is_empty() {
                     self.cut_all();
@@ -174,9 +185,24 @@ impl EventLoop {
         (&mut self.conns, ctx)
     }
 
-    /// Accepts every pending client (edge-triggered: until `WouldBlock`).
+    /// Accepts every pending client (edge-triggered: until `WouldBlock`), or as many as
+    /// fit under `max_conns`; the rest wait in the listen backlog.
     fn accept_all(&mut self, now: Instant) {
-        while let Some((client, addr)) = self.listener.accept(self.poll.registry(), now) {
+        if self.at_limit && self.conns.len() < self.max_conns {
+            self.at_limit = false;
+            crate::server::log_connection_limit(self.max_conns, false);
+        }
+        loop {
+            if self.conns.len() >= self.max_conns {
+                if !self.at_limit {
+                    self.at_limit = true;
+                    crate::server::log_connection_limit(self.max_conns, true);
+                }
+                return;
+            }
+            let Some((client, addr)) = self.listener.accept(self.poll.registry(), now) else {
+                return;
+            };
             let _ = client.set_nodelay(true); // A latency hint; failing is harmless.
             let id = self.next_id;
             self.next_id += 1;
