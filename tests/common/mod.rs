@@ -326,10 +326,16 @@ impl Target {
             }
             Target::Part4Broken => vec!["--broken".into(), lesson_lua().display().to_string()],
             Target::Rsp | Target::RspMio => {
-                let mode = if self == Target::RspMio { "mio" } else { "threads" };
-                vec![rsp_config(backends, &format!("mode = \"{mode}\"\n{extra}"))
-                    .display()
-                    .to_string()]
+                let mode = if self == Target::RspMio {
+                    "mio"
+                } else {
+                    "threads"
+                };
+                vec![
+                    rsp_config(backends, &format!("mode = \"{mode}\"\n{extra}"))
+                        .display()
+                        .to_string(),
+                ]
             }
         };
         Proxy::spawn(self.binary(), &args)
@@ -407,7 +413,13 @@ impl Proxy {
 
     /// Waits until an output line contains `needle`; `None` after `timeout` or at exit.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
-        if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+        if let Some(line) = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+        {
             return Some(line.clone());
         }
         let deadline = Instant::now() + timeout;
