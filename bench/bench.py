@@ -4,6 +4,8 @@
     python3 bench/bench.py            # full run: 3 rounds, writes BENCHMARKS.md, bench/ratios.svg
     python3 bench/bench.py --quick    # smoke test (or BENCH_QUICK=1): 1 short round,
                                       # writes target/bench-quick/ instead
+    BENCH_RSP_ROOT=DIR ...            # measure DIR/target/release/rsp (another checkout)
+    BENCH_RSP_WORKERS=N ...           # rsp's threads-mode `workers` (default 256)
 
 Starts a backend (nginx serving static files if installed, else rsp's demo backend),
 then every proxy it can find (rsp in threads mode and in mio mode, HAProxy `mode tcp`,
@@ -28,7 +30,10 @@ import procs
 import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+# The checkout whose target/release/rsp is measured: this one, or BENCH_RSP_ROOT (e.g. a
+# `git worktree` of one commit, so edits in progress here do not end up in the figures).
+RSP_ROOT = os.path.abspath(os.environ.get("BENCH_RSP_ROOT", ROOT))
+RELEASE = os.path.join(RSP_ROOT, "target", "release")
 BULK_SIZE = 100 * 1024 * 1024
 SMALL_BODY = (b"rsp bench: a 100-byte response body, about the size of a small API reply" + b"." * 99)[:99] + b"\n"
 
@@ -269,7 +274,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is not installed; run `make bench-deps` first")
     account = report.CpuAccount()
-    settings.rsp_built = report.rsp_version(ROOT)  # before the run: src/ may change meanwhile
+    settings.rsp_built = report.rsp_version(RSP_ROOT)  # before the run: src/ may change meanwhile
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="rsp-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as `nobody` and must read the static files
