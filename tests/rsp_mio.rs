@@ -1,5 +1,5 @@
 //! rsp's `mode = "mio"`: what only the event loop promises. Everything threads mode does
-//! is checked in both modes by `tests/rsp_threads.rs`; here: thousands of idle
+//! is checked in both modes by `tests/rsp.rs`; here: thousands of idle
 //! connections on one thread for a few KiB each, a slow reader that cannot make the proxy
 //! buffer a whole response, and no busy loop when rsp runs out of file descriptors.
 #![cfg(feature = "mio")]

@@ -1,4 +1,4 @@
-//! rsp's runtime, end to end: proxying, half-close, slow readers, disconnects, load
+//! rsp end to end, in both modes: proxying, half-close, slow readers, disconnects, load
 //! balancing, idle timeout, Ctrl-C drain and the worker pool. Every test loops over
 //! `Target::rsp_modes()`, so the same checks cover the mio mode once it exists.
 
