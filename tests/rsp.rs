@@ -1,6 +1,6 @@
 //! rsp end to end, in both modes: proxying, half-close, slow readers, disconnects, load
 //! balancing, idle timeout, Ctrl-C drain and the worker pool. Every test loops over
-//! `Target::rsp_modes()`, so the same checks cover the mio mode once it exists.
+//! `Target::rsp_modes()`: threads mode, and mio mode when built with the `mio` feature.
 
 mod common;
 
