@@ -45,8 +45,9 @@ run-4: ## run lesson part 4 (lessons/part3.lua) in front of the demo backend
 run-5: ## run lesson part 5 (lessons/part3.lua) in front of the demo backend
 	$(call with_backend,$(BIN)/part5 lessons/part3.lua)
 
-test: ## run every test, then the lint
+test: ## run every test (with and without the mio feature), then the lint
 	$(CARGO) test
+	$(CARGO) test --no-default-features
 	$(MAKE) lint
 
 test-1: ## run part 1's tests
@@ -67,6 +68,7 @@ diff: ## show what changed between two lessons: make diff A=1 B=2
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --all-targets --no-default-features -- -D warnings
 
 bench: ## compare rsp with HAProxy, nginx and direct (BENCH_QUICK=1 for a smoke run)
 	$(CARGO) build --release --bins
