@@ -282,16 +282,17 @@ impl Conn {
     ///
     /// When one side reset or vanished, the other side is reset too (`SO_LINGER` 0 makes
     /// `close()` send an RST), never closed with a FIN: a cut-off transfer must not look
-    /// complete to the peer that is still there.
+    /// complete to the peer that is still there. After a panic (`InternalError`) both
+    /// sides are reset, for the same reason.
     pub fn close(mut self, outcome: Outcome, registry: &Registry, balancer: &Balancer) -> Summary {
         let _ = registry.deregister(&mut self.client);
-        if outcome == Outcome::BackendReset {
+        if matches!(outcome, Outcome::BackendReset | Outcome::InternalError) {
             reset_on_close(&self.client);
         }
         let backend = match self.backend {
             Backend::Connected(mut stream, index) => {
                 let _ = registry.deregister(&mut stream);
-                if outcome == Outcome::ClientReset {
+                if matches!(outcome, Outcome::ClientReset | Outcome::InternalError) {
                     reset_on_close(&stream);
                 }
                 balancer.backend(index).name.clone()

@@ -36,6 +36,7 @@ mod timers;
 use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::net::TcpListener;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +46,7 @@ use mio::{Events, Poll, Token, Waker};
 use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::outcome::Outcome;
+use crate::pool::panic_message;
 use crate::shutdown::Shutdown;
 use connection::{Conn, Ctx, Settings};
 use listener::Listener;
@@ -207,7 +209,10 @@ impl EventLoop {
             let id = self.next_id;
             self.next_id += 1;
             let (conns, mut ctx) = self.parts(now);
-            let (conn, started) = Conn::start(id, client, addr, &mut ctx);
+            let started = isolated(id, || Conn::start(id, client, addr, &mut ctx));
+            let Ok((conn, started)) = started else {
+                continue; // It panicked: the client socket was dropped (closed) unwinding.
+            };
             conns.insert(id, conn);
             self.after(id, started.map(|()| false));
         }
@@ -221,7 +226,7 @@ impl EventLoop {
         let Some(conn) = conns.get_mut(&id) else {
             return;
         };
-        let result = conn.on_event(side, event, &mut ctx);
+        let result = isolated(id, || conn.on_event(side, event, &mut ctx)).and_then(|r| r);
         self.after(id, result);
     }
 
@@ -232,7 +237,7 @@ impl EventLoop {
             let Some(conn) = conns.get_mut(&id) else {
                 continue;
             };
-            let result = conn.pump(&mut ctx);
+            let result = isolated(id, || conn.pump(&mut ctx)).and_then(|r| r);
             self.after(id, result);
         }
     }
@@ -262,7 +267,7 @@ impl EventLoop {
         let mut next = None;
         for (&id, conn) in conns.iter_mut() {
             if conn.deadline(&ctx.settings).is_some_and(|d| d <= now)
-                && let Err(outcome) = conn.on_tick(&mut ctx)
+                && let Err(outcome) = isolated(id, || conn.on_tick(&mut ctx)).and_then(|r| r)
             {
                 ended.push((id, outcome));
                 continue;
@@ -291,5 +296,29 @@ impl EventLoop {
             self.close(id, Outcome::Shutdown);
         }
         self.timers.log_drain_end(ids.len());
+    }
+}
+
+/// Runs `work` for connection `id`, catching a panic: a bug hit by one connection must not
+/// end the process (and every other connection with it), as it would on this one thread.
+/// The panic is logged as an error and comes back as [`Outcome::InternalError`]; the
+/// caller then closes the connection, resetting both sides. `AssertUnwindSafe`: after a
+/// panic the connection's state is never used again, only closed.
+fn isolated<T>(id: u64, work: impl FnOnce() -> T) -> Result<T, Outcome> {
+    catch_unwind(AssertUnwindSafe(work)).map_err(|panic| {
+        log::error!("conn {id}: panicked: {}", panic_message(&*panic));
+        Outcome::InternalError
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error() {
+        assert_eq!(isolated(1, || 7), Ok(7));
+        let result: Result<(), Outcome> = isolated(2, || panic!("a bug"));
+        assert_eq!(result, Err(Outcome::InternalError));
     }
 }
