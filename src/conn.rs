@@ -82,6 +82,16 @@ impl Connection {
         self.started.elapsed().saturating_sub(last)
     }
 
+    /// Cuts the connection with [`Outcome::IdleTimeout`] if no byte moved for `limit`;
+    /// returns whether it did. The registry's idle check calls this for every connection.
+    pub fn cut_if_idle(&self, limit: Duration) -> bool {
+        let idle = self.idle_for() >= limit;
+        if idle {
+            self.cut(Outcome::IdleTimeout);
+        }
+        idle
+    }
+
     /// Adds `n` bytes to the client → backend count (`up = true`) or the other one.
     pub fn count(&self, up: bool, n: u64) {
         let counter = if up { &self.up } else { &self.down };

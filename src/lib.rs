@@ -13,7 +13,7 @@
 //! | timestamped log lines | [`logging`] |
 //! | bind, banner, accept loop, drain on Ctrl-C | [`server`] |
 //! | Ctrl-C / SIGTERM flag and waking the accept loop | [`shutdown`] |
-//! | a fixed pool of threads behind a bounded channel | [`pool`] |
+//! | an elastic pool of threads behind a bounded queue | [`pool`] |
 //! | one client, served by a worker: connect, relay, summary | [`worker`] |
 //! | round-robin backends, skipping those that failed | [`balancer`] |
 //! | one connection's shared state: sockets, clocks, counters | [`conn`] |

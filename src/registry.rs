@@ -1,5 +1,5 @@
 //! The open-connection registry (threads mode): what Ctrl-C waits for and, after the
-//! drain timeout, cuts.
+//! drain timeout, cuts; and what the idle check looks through.
 //!
 //! The accept loop [`Registry::admit`]s each client and gets a [`Ticket`] that travels
 //! with it to a worker. Once the backend is connected the worker [`Ticket::attach`]es the
@@ -7,8 +7,10 @@
 //! worker is done, or while unwinding from a panic) removes the entry: nothing leaks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::conn::Connection;
@@ -21,8 +23,11 @@ pub struct Registry {
     last_id: AtomicU64,
     /// Open connections by id; `None` until the backend is connected.
     open: Mutex<HashMap<u64, Option<Arc<Connection>>>>,
-    /// Signalled whenever a connection closes, for [`Registry::wait_empty`].
+    /// Signalled when a connection closes while someone waits, for [`Registry::wait_below`].
     closed: Condvar,
+    /// Threads waiting in [`Registry::wait_below`]; changed only under the `open` lock, so
+    /// a closing connection knows whether to signal `closed` (a syscall saved otherwise).
+    waiting: AtomicUsize,
     /// Set by [`Registry::cut_all`]: connections attached later are cut at once.
     cutting: AtomicBool,
 }
@@ -68,10 +73,12 @@ impl Registry {
             if left.is_zero() {
                 return false;
             }
+            self.waiting.fetch_add(1, Ordering::Relaxed);
             open = match self.closed.wait_timeout(open, left) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         true
     }
@@ -85,6 +92,31 @@ impl Registry {
             conn.cut(reason);
         }
         open.len()
+    }
+
+    /// Cuts every connection idle for `limit` or longer ([`Connection::cut_if_idle`]).
+    pub fn cut_idle(&self, limit: Duration) {
+        let open: Vec<Arc<Connection>> = self.lock().values().flatten().cloned().collect();
+        for conn in open {
+            conn.cut_if_idle(limit);
+        }
+    }
+
+    /// Starts the idle check: a thread that calls [`Registry::cut_idle`] every `tick`
+    /// for as long as the registry exists. One thread for all connections: the copy
+    /// threads block in `read` without a timeout, so they cost nothing while idle.
+    pub fn start_idle_check(self: &Arc<Self>, limit: Duration, tick: Duration) -> io::Result<()> {
+        let registry = Arc::downgrade(self);
+        thread::Builder::new()
+            .name("idle-check".into())
+            .spawn(move || {
+                while let Some(registry) = registry.upgrade() {
+                    registry.cut_idle(limit);
+                    drop(registry);
+                    thread::sleep(tick);
+                }
+            })
+            .map(drop)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Option<Arc<Connection>>>> {
@@ -122,8 +154,13 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
-        self.registry.closed.notify_all();
+        let mut open = self.registry.lock();
+        open.remove(&self.id);
+        let waiting = self.registry.waiting.load(Ordering::Relaxed) > 0;
+        drop(open);
+        if waiting {
+            self.registry.closed.notify_all();
+        }
     }
 }
 

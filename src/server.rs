@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use socket2::{Domain, Socket, Type};
 
 use crate::balancer::Balancer;
 use crate::config::{Config, Mode};
 use crate::outcome::Outcome;
-use crate::pool::Pool;
+use crate::pool::{Pool, Rejected};
 use crate::registry::Registry;
 use crate::relay::RelaySettings;
 use crate::shutdown::{self, Shutdown};
@@ -110,25 +109,29 @@ fn run_threads(config: Config) -> io::Result<()> {
 
     let workers = config.workers.max(1);
     let copiers: Pool<CopyJob> = Pool::start("copy", workers, workers, |job: CopyJob| job())?;
+    let relay = RelaySettings {
+        buffer_size: config.buffer_size,
+        idle_timeout: config.idle_timeout,
+    };
     let ctx = Context {
         balancer: Balancer::new(config.backends.clone(), config.backend_retry),
         connect_timeout: config.connect_timeout,
-        relay: RelaySettings {
-            buffer_size: config.buffer_size,
-            idle_timeout: config.idle_timeout,
-        },
-        copiers: copiers.sender().clone(),
+        relay,
+        copiers,
     };
     let pool = Pool::start("worker", workers, workers, move |job| {
         worker::serve(&ctx, job)
     })?;
     let registry = Registry::new();
+    if let (Some(limit), Some(tick)) = (relay.idle_timeout, relay.tick()) {
+        registry.start_idle_check(limit, tick)?;
+    }
     let limit = connection_limit();
     announce(local.port());
 
     let pending = accept_loop(&listener, &pool, &registry, &shutdown, limit);
     drop(listener); // from here on, new connections are refused
-    drain(&registry, pending, pool.sender(), config.drain_timeout);
+    drain(&registry, pending, &pool, config.drain_timeout);
     Ok(())
 }
 
@@ -258,17 +261,16 @@ fn hand_off(
     saturated: &mut bool,
     shutdown: &Shutdown,
 ) -> Result<(), Option<Accepted>> {
-    let sender = pool.sender();
-    let mut job = match sender.try_send(job) {
+    let mut job = match pool.submit(job) {
         Ok(()) => {
-            if *saturated && sender.len() <= pool.capacity() / 2 {
+            if *saturated && pool.queued() <= pool.capacity() / 2 {
                 *saturated = false;
                 log::info!("Workers have room again; accepting at full speed.");
             }
             return Ok(());
         }
-        Err(TrySendError::Full(job)) => job,
-        Err(TrySendError::Disconnected(_)) => return Err(None),
+        Err(Rejected::Full(job)) => job,
+        Err(Rejected::Closed(_)) => return Err(None),
     };
     if !*saturated {
         *saturated = true;
@@ -277,30 +279,23 @@ fn hand_off(
         );
     }
     loop {
-        match sender.send_timeout(job, SHUTDOWN_POLL) {
+        match pool.submit_timeout(job, SHUTDOWN_POLL) {
             Ok(()) => return Ok(()),
-            Err(SendTimeoutError::Timeout(back)) if shutdown.is_stopping() => {
-                return Err(Some(back));
-            }
-            Err(SendTimeoutError::Timeout(back)) => job = back,
-            Err(SendTimeoutError::Disconnected(_)) => return Err(None),
+            Err(Rejected::Full(back)) if shutdown.is_stopping() => return Err(Some(back)),
+            Err(Rejected::Full(back)) => job = back,
+            Err(Rejected::Closed(_)) => return Err(None),
         }
     }
 }
 
 /// Waits up to `timeout` for open connections to finish, then cuts the rest.
-fn drain(
-    registry: &Registry,
-    pending: Option<Accepted>,
-    queue: &Sender<Accepted>,
-    timeout: Duration,
-) {
+fn drain(registry: &Registry, pending: Option<Accepted>, pool: &Pool<Accepted>, timeout: Duration) {
     let open = registry.len();
     shutdown::log_drain_start(open, timeout);
     let deadline = Instant::now() + timeout;
     if let Some(job) = pending {
         // Accepted before the signal: it still deserves service if a worker frees up.
-        let _ = queue.send_timeout(job, timeout);
+        let _ = pool.submit_timeout(job, timeout);
     }
     let left = deadline.saturating_duration_since(Instant::now());
     if registry.wait_empty(left) {

@@ -1,5 +1,5 @@
 //! What a worker thread does with one client (threads mode): pick a backend, connect,
-//! run both copy directions, log the summary.
+//! run both copy directions (one here, one on a copy thread), log the summary.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -8,17 +8,18 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, bounded};
-
 use crate::balancer::Balancer;
 use crate::conn::Connection;
 use crate::outcome::{Outcome, Summary};
-use crate::pool::panic_message;
+use crate::pool::{Pool, handover, panic_message};
 use crate::registry::Ticket;
 use crate::relay::{Direction, DirectionEnd, DirectionResult, RelaySettings, copy_direction};
 
 /// How often a connect that failed for want of a file descriptor is tried again.
 const FD_RETRY: Duration = Duration::from_millis(50);
+
+/// How long a worker waits for room in the copy pool's queue (see [`relay_both`]).
+const COPY_WAIT: Duration = Duration::from_secs(10);
 
 /// A job for the copy pool: run one direction of one connection.
 pub type CopyJob = Box<dyn FnOnce() + Send>;
@@ -45,7 +46,7 @@ pub struct Context {
     /// Copy-loop settings.
     pub relay: RelaySettings,
     /// Where the client → backend direction goes to run on another thread.
-    pub copiers: Sender<CopyJob>,
+    pub copiers: Pool<CopyJob>,
 }
 
 /// Serves one client from accept to close and logs its summary line.
@@ -66,12 +67,9 @@ pub fn serve(ctx: &Context, job: Accepted) {
     };
     let _ = backend.set_nodelay(true); // a latency hint; failing to set it is harmless
     for socket in [&job.client, &backend] {
-        // The timeouts are the clock ticks of the idle check (and, for writes, of the
-        // check for a cut). Setting one on a live socket cannot fail in practice; if it
-        // did, that connection would only lose its checks.
-        if let Some(tick) = ctx.relay.tick() {
-            let _ = socket.set_read_timeout(Some(tick));
-        }
+        // A blocked write wakes up every tick to check for a cut (see `relay`). Setting
+        // it on a live socket cannot fail in practice; if it did, that connection would
+        // only lose its check.
         let _ = socket.set_write_timeout(Some(ctx.relay.write_tick()));
     }
     let conn = Arc::new(Connection::new(
@@ -134,25 +132,29 @@ pub fn out_of_fds(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
 }
 
-/// Runs client → backend on a copy thread and backend → client here; returns when both
+/// Runs backend → client on a copy thread and client → backend here; returns when both
 /// have ended.
+///
+/// Why this way round: the client → backend direction usually ends last (the server
+/// closes first, then the client, as with HTTP's `Connection: close`), so when it ends
+/// here the copy thread's result is mostly there already and the worker does not have to
+/// sleep and be woken for it.
 fn relay_both(ctx: &Context, conn: &Arc<Connection>) {
-    let (done_tx, done) = bounded::<DirectionResult>(1);
-    let up_conn = Arc::clone(conn);
+    let (giver, taker) = handover::<DirectionResult>();
+    let down_conn = Arc::clone(conn);
     let settings = ctx.relay;
-    let job: CopyJob = Box::new(move || {
-        let result = guarded(&up_conn, Direction::Up, settings);
-        let _ = done_tx.send(result); // the worker only stops waiting if it panicked
-    });
-    if ctx.copiers.send(job).is_err() {
-        log::error!("conn {}: the copy pool is gone", conn.id);
+    let job: CopyJob = Box::new(move || giver.give(guarded(&down_conn, Direction::Down, settings)));
+    // The copy pool has as many threads and queue places as there are workers, so there
+    // is always room: waiting is only a safeguard.
+    if ctx.copiers.submit_timeout(job, COPY_WAIT).is_err() {
+        log::error!("conn {}: no copy thread for the backend's bytes", conn.id);
         conn.cut(Outcome::InternalError);
         return;
     }
-    guarded(conn, Direction::Down, settings);
-    // The copy job always sends, unless it was dropped unrun or its thread died: then the
+    guarded(conn, Direction::Up, settings);
+    // The copy job always hands its result over, unless it was dropped unrun: then the
     // sockets are cut so nothing is left half-open.
-    if done.recv().is_err() {
+    if taker.take().is_none() {
         conn.cut(Outcome::InternalError);
     }
 }
