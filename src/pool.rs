@@ -10,6 +10,11 @@
 //! to be created if one is free. (Starting all `workers` threads up front cost 2 × 256
 //! threads at start, and `workers = 6000` would mean 12,000 threads doing nothing.)
 //!
+//! New threads are started by the pool's own `spawner` thread, never by the one that
+//! submits a job: starting a thread takes ~25 µs, and the accept loop that submits
+//! clients must stay free to accept (5,000 clients connecting at once overflowed the
+//! listen backlog while the accept loop was busy starting threads).
+//!
 //! **Bounded:** when every thread is busy and `capacity` jobs wait, [`Pool::submit`] says
 //! the queue is full and [`Pool::submit_timeout`] blocks: the accept loop stops accepting
 //! and the kernel's listen backlog holds new clients. Nobody is dropped.
@@ -59,11 +64,18 @@ struct State<T> {
     queue: VecDeque<T>,
     /// Threads alive (busy, idle, or just being started).
     threads: usize,
-    /// Threads waiting for a job. A queued job is taken by an idle thread if
-    /// `idle >= queue.len()`; otherwise a new thread is needed.
+    /// Threads waiting for a job.
     idle: usize,
+    /// Threads being started that have not taken a job yet. A queued job is taken by an
+    /// idle or a starting thread if `idle + starting >= queue.len()`; otherwise another
+    /// thread is needed.
+    starting: usize,
     /// Senders blocked in [`Pool::submit_timeout`], waiting for room.
     senders_waiting: usize,
+    /// Whether the spawner waits for work: only then must a submitter wake it (a wake-up
+    /// is a syscall, which the accept loop would otherwise make for every client of a
+    /// burst).
+    spawner_waiting: bool,
     /// Threads started so far, for their names.
     started: usize,
     /// Set when the last [`Pool`] handle is dropped: threads exit once the queue is empty.
@@ -85,6 +97,15 @@ struct Shared<T> {
     job_queued: Condvar,
     /// Signalled when a job leaves a full queue.
     room: Condvar,
+    /// Signalled when a job waits and no thread is free: wakes the spawner.
+    more_threads: Condvar,
+}
+
+impl<T> State<T> {
+    /// Whether a queued job has no thread to take it and another may be started.
+    fn needs_thread(&self, max_threads: usize) -> bool {
+        self.queue.len() > self.idle + self.starting && self.threads < max_threads
+    }
 }
 
 /// A handle to a running pool; clones share it. When the last handle is dropped the pool
@@ -116,6 +137,7 @@ impl<T> Drop for Closer<T> {
         lock(&self.0.state).closed = true;
         self.0.job_queued.notify_all();
         self.0.room.notify_all();
+        self.0.more_threads.notify_all();
     }
 }
 
@@ -141,24 +163,35 @@ impl<T: Send + 'static> Pool<T> {
                 queue: VecDeque::new(),
                 threads: 0,
                 idle: 0,
+                starting: 0,
                 senders_waiting: 0,
+                spawner_waiting: false,
                 started: 0,
                 closed: false,
             }),
             job_queued: Condvar::new(),
             room: Condvar::new(),
+            more_threads: Condvar::new(),
         });
         for _ in 0..WARM.min(max_threads) {
-            lock(&shared.state).threads += 1;
+            let mut state = lock(&shared.state);
+            state.threads += 1;
+            state.starting += 1;
+            drop(state);
             spawn(&shared)?;
         }
+        let spawner = Arc::clone(&shared);
+        thread::Builder::new()
+            .name(format!("{name}-spawner"))
+            .stack_size(STACK_SIZE)
+            .spawn(move || run_spawner(&spawner))?;
         Ok(Pool {
             closer: Arc::new(Closer(shared)),
         })
     }
 
-    /// Queues `job` for a thread, starting one if none is idle (and the pool is not at
-    /// its maximum). Never blocks: a full queue gives the job back.
+    /// Queues `job` for a thread; if none is idle, the spawner starts one (unless the
+    /// pool is at its maximum). Never blocks: a full queue gives the job back.
     pub fn submit(&self, job: T) -> Result<(), Rejected<T>> {
         let shared = &self.closer.0;
         let mut state = lock(&shared.state);
@@ -169,17 +202,14 @@ impl<T: Send + 'static> Pool<T> {
             return Err(Rejected::Full(job));
         }
         state.queue.push_back(job);
-        if state.idle >= state.queue.len() {
-            drop(state);
+        let wake_spawner = state.spawner_waiting && state.needs_thread(shared.max_threads);
+        let needs_thread = state.needs_thread(shared.max_threads);
+        let idle = state.idle > 0;
+        drop(state);
+        if wake_spawner {
+            shared.more_threads.notify_one();
+        } else if !needs_thread && idle {
             shared.job_queued.notify_one();
-        } else if state.threads < shared.max_threads {
-            state.threads += 1;
-            drop(state); // Starting a thread takes tens of µs: not under the lock.
-            if let Err(e) = spawn(shared) {
-                lock(&shared.state).threads -= 1;
-                // The job stays queued for the threads that exist (at least the warm ones).
-                log::error!("cannot start a {} thread: {e}", shared.name);
-            }
         }
         Ok(())
     }
@@ -231,7 +261,39 @@ fn lock<T>(state: &Mutex<State<T>>) -> MutexGuard<'_, State<T>> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts one more thread (the caller has counted it in `threads` already).
+/// The spawner: starts threads while jobs wait with no thread to take them.
+fn run_spawner<T: Send + 'static>(shared: &Arc<Shared<T>>) {
+    let mut state = lock(&shared.state);
+    while !state.closed {
+        if !state.needs_thread(shared.max_threads) {
+            state.spawner_waiting = true;
+            state = shared
+                .more_threads
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+            state.spawner_waiting = false;
+            continue;
+        }
+        state.threads += 1;
+        state.starting += 1;
+        drop(state); // Starting a thread takes tens of µs: not under the lock.
+        if let Err(e) = spawn(shared) {
+            let mut state = lock(&shared.state);
+            state.threads -= 1;
+            state.starting -= 1;
+            drop(state);
+            // The job stays queued for the threads that exist (at least the warm ones).
+            log::error!(
+                "cannot start a {} thread: {e}; retrying in 1 s",
+                shared.name
+            );
+            thread::sleep(Duration::from_secs(1));
+        }
+        state = lock(&shared.state);
+    }
+}
+
+/// Starts one more thread (the caller has counted it in `threads` and `starting`).
 fn spawn<T: Send + 'static>(shared: &Arc<Shared<T>>) -> io::Result<()> {
     let n = {
         let mut state = lock(&shared.state);
@@ -251,6 +313,7 @@ fn spawn<T: Send + 'static>(shared: &Arc<Shared<T>>) -> io::Result<()> {
 /// then exit unless only the warm threads are left.
 fn run_thread<T>(shared: &Shared<T>, thread_name: &str) {
     let mut state = lock(&shared.state);
+    state.starting -= 1;
     loop {
         if let Some(job) = state.queue.pop_front() {
             if state.senders_waiting > 0 {

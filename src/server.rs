@@ -165,7 +165,6 @@ fn accept_loop(
                 continue;
             }
         };
-        let _ = client.set_nodelay(true); // a latency hint; failing is harmless
         let job = Accepted {
             client,
             addr,

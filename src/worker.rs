@@ -65,8 +65,11 @@ pub fn serve(ctx: &Context, job: Accepted) {
         summary.log();
         return;
     };
-    let _ = backend.set_nodelay(true); // a latency hint; failing to set it is harmless
     for socket in [&job.client, &backend] {
+        // Small writes go out at once (no Nagle delay). Set here, not in the accept loop,
+        // which must do as little as possible per client. A latency hint only: failing to
+        // set it is harmless.
+        let _ = socket.set_nodelay(true);
         // A blocked write wakes up every tick to check for a cut (see `relay`). Setting
         // it on a live socket cannot fail in practice; if it did, that connection would
         // only lose its check.
