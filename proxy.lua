@@ -22,7 +22,7 @@ mode = "threads"
 workers = 256
 
 -- Bytes read at a time when copying between client and backend.
-buffer_size = 16384
+buffer_size = 65536
 
 -- Mio mode: bytes queued for a slow reader, per direction, before rsp stops reading
 -- from the other side (so memory stays bounded however slow a client is).

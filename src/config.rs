@@ -61,7 +61,9 @@ pub struct Config {
     pub backends: Vec<Backend>,
     /// Threads mode: connections served at once.
     pub workers: usize,
-    /// Bytes per read in the copy loop.
+    /// Bytes per read in the copy loop. The default, 64 KiB, moved a 100 MiB download
+    /// 1.3-1.4x faster than 16 KiB in both modes (fewer, larger reads and writes; 128 KiB
+    /// gave 1.65x, but threads mode holds one buffer per direction of a busy connection).
     pub buffer_size: usize,
     /// How long a backend connect may take.
     pub connect_timeout: Duration,
@@ -87,7 +89,7 @@ impl Config {
             listen,
             backends,
             workers: 256,
-            buffer_size: 16 * 1024,
+            buffer_size: 64 * 1024,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Some(Duration::from_secs(300)),
             backend_retry: Duration::from_secs(10),
@@ -390,7 +392,7 @@ mod tests {
         let loaded = parse(src.as_bytes(), "p.lua").unwrap();
         let text = loaded.describe();
         assert!(text.contains("workers = 3\n"), "{text}");
-        assert!(text.contains("buffer_size = 16384  -- default\n"), "{text}");
+        assert!(text.contains("buffer_size = 65536  -- default\n"), "{text}");
         // The description is itself a config that gives the same settings.
         let again = parse(text.as_bytes(), "p.lua").unwrap();
         assert_eq!(

@@ -244,7 +244,7 @@ fn check_marks_the_keys_left_out_as_defaults() {
     assert_eq!(code, Some(0), "{output}");
     for (key, value) in [
         ("workers", "256"),
-        ("buffer_size", "16384"),
+        ("buffer_size", "65536"),
         ("connect_timeout", "2"),
         ("idle_timeout", "300"),
         ("backend_retry", "10"),
