@@ -146,7 +146,13 @@ impl Conn {
         let readable = event.is_readable() || closed;
         if matches!(self.backend, Backend::Connecting(_)) {
             match side {
-                Side::Backend => self.step_connect(ctx, false)?,
+                Side::Backend => {
+                    self.step_connect(ctx, false)?;
+                    let connected = matches!(self.backend, Backend::Connected(..));
+                    if readable && connected {
+                        self.down.on_readable(closed); // A greeting came with the connect.
+                    }
+                }
                 Side::Client if readable => self.up.on_readable(closed), // Read once connected.
                 Side::Client => {}
             }
@@ -167,9 +173,10 @@ impl Conn {
         self.pump(ctx)
     }
 
-    /// Moves the connect on after an event (or a tick): still waiting, connected (then
-    /// both sides are read at once: the client may have sent bytes while we waited), or
-    /// every backend failed.
+    /// Moves the connect on after an event (or a tick): still waiting, connected, or
+    /// every backend failed. Bytes the client sent while we waited are not lost: their
+    /// readable event was recorded in the pipe (see [`Conn::on_event`]), and so is one
+    /// that comes later (edge-triggered events report every new arrival).
     fn step_connect(&mut self, ctx: &mut Ctx, ticked: bool) -> Result<(), Outcome> {
         let Backend::Connecting(connecting) = std::mem::replace(&mut self.backend, Backend::Failed)
         else {
@@ -182,8 +189,6 @@ impl Conn {
         self.backend = match step {
             Step::Waiting(connecting) => Backend::Connecting(connecting),
             Step::Connected(stream, index) => {
-                self.up.readable = true;
-                self.down.readable = true;
                 self.last_active = ctx.now;
                 Backend::Connected(stream, index)
             }
@@ -210,11 +215,15 @@ impl Conn {
         let Backend::Connected(backend, _) = &self.backend else {
             return Ok(());
         };
+        let other_done = match side {
+            Side::Client => self.up.is_done(),
+            Side::Backend => self.down.is_done(),
+        };
         let (pipe, dst, source) = match side {
             Side::Client => (&mut self.down, &self.client, Side::Backend),
             Side::Backend => (&mut self.up, backend, Side::Client),
         };
-        match pipe.flush(dst, ctx.settings.max_buffered, self.id) {
+        match pipe.flush(dst, ctx.settings.max_buffered, self.id, other_done) {
             Ok(true) => self.last_active = ctx.now,
             Ok(false) => {}
             Err(fault) => return Err(self.fault(source, fault)),
@@ -228,9 +237,15 @@ impl Conn {
             return Ok(false);
         };
         let max = ctx.settings.max_buffered;
-        let up = self.up.pump(&self.client, backend, ctx.buf, max, self.id);
+        let last = self.down.is_done();
+        let up = self
+            .up
+            .pump(&self.client, backend, ctx.buf, max, self.id, last);
         let up = up.map_err(|f| self.fault(Side::Client, f))?;
-        let down = self.down.pump(backend, &self.client, ctx.buf, max, self.id);
+        let last = self.up.is_done();
+        let down = self
+            .down
+            .pump(backend, &self.client, ctx.buf, max, self.id, last);
         let down = down.map_err(|f| self.fault(Side::Backend, f))?;
         if up.moved || down.moved {
             self.last_active = ctx.now;

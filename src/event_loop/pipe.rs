@@ -10,7 +10,9 @@
 //!   the source is not read; its kernel buffer fills and TCP slows the sender down. Reading
 //!   resumes once the queue is below half of that.
 //! - **Deferred close.** The source's EOF becomes `shutdown(Write)` on the destination only
-//!   after every queued byte is written: the FIN must not overtake the data.
+//!   after every queued byte is written: the FIN must not overtake the data. (If the other
+//!   direction is done already, the connection closes right away, and `close()` sends
+//!   that FIN: the `shutdown` call is skipped, one syscall per connection.)
 
 use std::io::{self, ErrorKind, Read};
 use std::net::Shutdown;
@@ -97,6 +99,7 @@ impl Pipe {
 
     /// Reads from `src` and sends to `dst` until the source would block, ends, the queue
     /// is over `max_buffered`, or the turn is up. `buf` is the loop's one read buffer.
+    /// `last`: the other direction is done (see [`Pipe::pass_eof_on`]).
     ///
     /// A read that fills less than `buf` emptied the socket's receive queue, so the next
     /// read would only say `WouldBlock`: we skip it (one `recv` fewer per message, about a
@@ -110,6 +113,7 @@ impl Pipe {
         buf: &mut [u8],
         max_buffered: usize,
         id: u64,
+        last: bool,
     ) -> Result<Pumped, Fault> {
         let mut pumped = Pumped::default();
         let mut reads = 0;
@@ -142,13 +146,20 @@ impl Pipe {
                 Err(e) => return Err(Fault::Source(e)),
             }
         }
-        self.pass_eof_on(dst)?;
+        self.pass_eof_on(dst, last)?;
         Ok(pumped)
     }
 
     /// The destination is writable again: writes what is queued, resumes reading once
     /// the queue is below half the high-water mark. Returns whether any byte was written.
-    pub fn flush(&mut self, dst: &TcpStream, max_buffered: usize, id: u64) -> Result<bool, Fault> {
+    /// `last`: the other direction is done (see [`Pipe::pass_eof_on`]).
+    pub fn flush(
+        &mut self,
+        dst: &TcpStream,
+        max_buffered: usize,
+        id: u64,
+        last: bool,
+    ) -> Result<bool, Fault> {
         if self.queue.is_empty() {
             return Ok(false);
         }
@@ -161,15 +172,20 @@ impl Pipe {
                 self.queue.len()
             );
         }
-        self.pass_eof_on(dst)?;
+        self.pass_eof_on(dst, last)?;
         Ok(written > 0)
     }
 
     /// Half-close: once the source has ended and the queue is empty, `shutdown(Write)` on
-    /// the destination (its peer reads EOF); the other direction keeps going.
-    fn pass_eof_on(&mut self, dst: &TcpStream) -> Result<(), Fault> {
+    /// the destination (its peer reads EOF); the other direction keeps going. If it is
+    /// the `last` direction, the loop closes the connection next, and `close()` sends the
+    /// FIN itself.
+    fn pass_eof_on(&mut self, dst: &TcpStream, last: bool) -> Result<(), Fault> {
         if self.eof && !self.shut && self.queue.is_empty() {
             self.shut = true;
+            if last {
+                return Ok(());
+            }
             // Fails only if the destination was reset (`NotConnected`).
             dst.shutdown(Shutdown::Write).map_err(Fault::Dest)?;
         }
