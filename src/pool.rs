@@ -394,6 +394,8 @@ struct Slot<V> {
 
 enum SlotState<V> {
     Empty,
+    /// Empty, and the taker sleeps until it is filled.
+    Waiting,
     Given(V),
     Dropped,
     Taken,
@@ -402,10 +404,13 @@ enum SlotState<V> {
 impl<V> Slot<V> {
     fn put(&self, value: SlotState<V>) {
         let mut state = self.value.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*state, SlotState::Empty) {
+        let waiting = matches!(*state, SlotState::Waiting);
+        if waiting || matches!(*state, SlotState::Empty) {
             *state = value;
             drop(state);
-            self.filled.notify_one();
+            if waiting {
+                self.filled.notify_one(); // A syscall: only when someone sleeps.
+            }
         }
     }
 }
@@ -427,7 +432,8 @@ impl<V> Taker<V> {
     /// Waits for the value; `None` if the giver was dropped without giving one.
     pub fn take(self) -> Option<V> {
         let mut state = self.slot.value.lock().unwrap_or_else(|e| e.into_inner());
-        while matches!(*state, SlotState::Empty) {
+        while matches!(*state, SlotState::Empty | SlotState::Waiting) {
+            *state = SlotState::Waiting;
             state = self
                 .slot
                 .filled
