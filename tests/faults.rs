@@ -344,10 +344,11 @@ fn a_soak_of_20000_connections_leaves_nothing_behind() {
         // tables. So "idle" means after the warm-up: a connection held open on every
         // worker at once, then 2,300 more, sequential and 50 at a time.
         //
-        // Threads mode runs with 16 workers here, not the default 256: with 2 x 256 pool
-        // threads that first-use growth goes on for ~100,000 connections (measured: 16 MB
-        // after 3,000, 23 MB after 60,000, 24 MB after 120,000, flattening out; flat
-        // after 3,000 with 16 workers), which would hide a leak in the noise. A leak of
+        // Threads mode runs with 16 workers here, not the default 256: with up to 2 x 256
+        // pool threads (the pools grow on demand) that first-use growth goes on for
+        // ~100,000 connections (measured with 512 threads started up front: 16 MB after
+        // 3,000, 23 MB after 60,000, 24 MB after 120,000, flattening out; flat after
+        // 3,000 with 16 workers), which would hide a leak in the noise. A leak of
         // even 30 bytes per connection shows here as 600 KB, over the 10%.
         warm_up_every_worker(&proxy, &backend, SOAK_WORKERS + 8, SOAK_WORKERS);
         (0..300).for_each(get);
