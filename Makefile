@@ -21,7 +21,7 @@ build: ## build the proxy, the demo backend and the lessons
 define with_backend
 	@$(CARGO) build --bins --quiet
 	@$(BIN)/demo_backend $(BACKEND_PORT) & echo $$! > target/demo_backend.pid; \
-	trap 'kill $$(cat target/demo_backend.pid) 2>/dev/null; rm -f target/demo_backend.pid' EXIT INT TERM; \
+	trap 'kill $$(cat target/demo_backend.pid 2>/dev/null) 2>/dev/null; rm -f target/demo_backend.pid' EXIT INT TERM; \
 	echo "Demo backend on 127.0.0.1:$(BACKEND_PORT). Try, in another terminal:"; \
 	echo "    curl http://127.0.0.1:$(PROXY_PORT)/"; \
 	echo "Press Ctrl-C to stop."; \
