@@ -93,7 +93,7 @@ impl Balancer {
     /// answer is `false` (another backend would fail alike).
     pub fn connect_failed(&self, id: u64, index: usize, error: &io::Error) -> bool {
         let name = &self.backends[index].name;
-        if crate::worker::out_of_fds(error) {
+        if crate::fds::out_of_fds(error) {
             log::error!("conn {id}: cannot connect to backend {name}: {error}");
             return false;
         }

@@ -16,13 +16,14 @@
 //! | an elastic pool of threads behind a bounded queue | [`pool`] |
 //! | one client, served by a worker: connect, relay, summary | [`worker`] |
 //! | round-robin backends, skipping those that failed | [`balancer`] |
+//! | running out of file descriptors: recognising it, the retry pace | [`fds`] |
 //! | one connection's shared state: sockets, clocks, counters | [`conn`] |
 //! | the copy loop for one direction, half-close, idle check | [`relay`] |
 //! | what Ctrl-C waits for and cuts | [`registry`] |
 //! | how a connection ended, its one-line summary | [`outcome`] |
 //! | `mode = "mio"`: one event loop for every connection (feature `mio`) | `event_loop` |
 //!
-//! Threads mode uses all of them. `balancer`, `logging`, `outcome` and `shutdown` make no
+//! Threads mode uses all of them. `balancer`, `fds`, `logging`, `outcome` and `shutdown` make no
 //! assumption about threads and are shared with the mio event-loop mode.
 //!
 //! The binary in `src/main.rs` only parses the command line, calls [`logging::init`] and
@@ -34,6 +35,7 @@ pub mod config;
 pub mod conn;
 #[cfg(feature = "mio")]
 pub mod event_loop;
+pub mod fds;
 pub mod logging;
 pub mod outcome;
 pub mod pool;

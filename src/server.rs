@@ -65,7 +65,7 @@ pub fn announce(port: u16) {
 
 /// Binds the listening socket (both modes use it); the error names the address.
 ///
-/// Built with `socket2` rather than `TcpListener::bind` for a [`LISTEN_BACKLOG`] larger
+/// Built with `socket2` rather than `TcpListener::bind` for a `LISTEN_BACKLOG` larger
 /// than std's 128. `SO_REUSEADDR` as std sets it: a restart can bind the port again
 /// while old connections are in TIME_WAIT.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -84,7 +84,7 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 const SPARE_FDS: usize = 16;
 
 /// How many connections fit in this process's open-files limit (`ulimit -n`): each
-/// holds two fds (client and backend), after the fds open now and [`SPARE_FDS`]. Both
+/// holds two fds (client and backend), after the fds open now and `SPARE_FDS`. Both
 /// modes stop accepting at this limit, so no client is accepted without an fd left for
 /// its backend; new clients wait in the listen backlog until a connection closes.
 /// `None` if `/proc` cannot tell: running out then shows as accept or connect errors,
@@ -216,7 +216,7 @@ pub fn log_connection_limit(max: usize, reached: bool) {
 /// Handles an accept error. A client that gave up while queued (or a signal) is simply
 /// skipped. Anything else, above all running out of fds (`EMFILE`), would fail again at
 /// once, as the client stays queued: pause [`ACCEPT_PAUSE`] so we do not spin, and log
-/// at most once per [`ACCEPT_LOG_EVERY`]. Open connections go on meanwhile; queued
+/// at most once per `ACCEPT_LOG_EVERY`. Open connections go on meanwhile; queued
 /// clients wait in the backlog and are accepted once fds are free again.
 fn accept_failed(e: &io::Error, last_logged: &mut Option<Instant>) {
     if accept_error_pauses(e, last_logged) {
@@ -225,7 +225,7 @@ fn accept_failed(e: &io::Error, last_logged: &mut Option<Instant>) {
 }
 
 /// Whether accept error `e` calls for a pause of [`ACCEPT_PAUSE`] (see
-/// [`accept_failed`]); logs it if so, at most once per [`ACCEPT_LOG_EVERY`] since
+/// `accept_failed`); logs it if so, at most once per `ACCEPT_LOG_EVERY` since
 /// `last_logged`. Both modes use it (mio mode pauses by not polling the listener).
 pub fn accept_error_pauses(e: &io::Error, last_logged: &mut Option<Instant>) -> bool {
     if matches!(
@@ -237,7 +237,7 @@ pub fn accept_error_pauses(e: &io::Error, last_logged: &mut Option<Instant>) -> 
     let now = Instant::now();
     if last_logged.is_none_or(|t| now >= t + ACCEPT_LOG_EVERY) {
         *last_logged = Some(now);
-        let level = if worker::out_of_fds(e) {
+        let level = if crate::fds::out_of_fds(e) {
             log::Level::Error
         } else {
             log::Level::Warn

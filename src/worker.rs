@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::balancer::Balancer;
 use crate::conn::Connection;
+use crate::fds;
 use crate::outcome::{Outcome, Summary};
 use crate::pool::{Pool, handover, panic_message};
 use crate::registry::Ticket;
 use crate::relay::{Direction, DirectionEnd, DirectionResult, RelaySettings, copy_direction};
-
-/// How often a connect that failed for want of a file descriptor is tried again.
-const FD_RETRY: Duration = Duration::from_millis(50);
 
 /// How long a worker waits for room in the copy pool's queue (see [`relay_both`]).
 const COPY_WAIT: Duration = Duration::from_secs(10);
@@ -108,31 +106,23 @@ fn connect_backend(ctx: &Context, id: u64) -> Option<(TcpStream, String)> {
 }
 
 /// Connects to `addr`. If the process is out of fds (the client we just accepted took
-/// the last one), waits for one to free up, trying again every [`FD_RETRY`] for up to
+/// the last one), waits for one to free up, trying again every [`fds::RETRY`] for up to
 /// `connect_timeout`: the client then waits a little instead of being dropped at once.
 fn connect(ctx: &Context, id: u64, addr: &SocketAddr) -> io::Result<TcpStream> {
     let deadline = Instant::now() + ctx.connect_timeout;
     let mut logged = false;
     loop {
         match TcpStream::connect_timeout(addr, ctx.connect_timeout) {
-            Err(e) if out_of_fds(&e) && Instant::now() + FD_RETRY < deadline => {
+            Err(e) if fds::out_of_fds(&e) && Instant::now() + fds::RETRY < deadline => {
                 if !logged {
                     logged = true;
-                    log::warn!("conn {id}: out of file descriptors; waiting for one to free up");
+                    fds::log_waiting(id);
                 }
-                thread::sleep(FD_RETRY);
+                thread::sleep(fds::RETRY);
             }
             result => return result,
         }
     }
-}
-
-/// Whether `e` is Linux's "too many open files" (`EMFILE` per process, `ENFILE`
-/// system-wide), which `io::ErrorKind` does not name.
-pub fn out_of_fds(e: &io::Error) -> bool {
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
 }
 
 /// Runs backend → client on a copy thread and client → backend here; returns when both

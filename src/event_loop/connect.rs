@@ -10,21 +10,18 @@
 //! the client only notices if every backend fails.
 //!
 //! Running out of file descriptors is our problem, not the backend's: the backend is not
-//! marked down, and the connect is tried again every [`FD_RETRY`] (until
+//! marked down, and the connect is tried again every [`fds::RETRY`] (until
 //! `connect_timeout`) as other connections close and free theirs.
 
 use std::io::{self, ErrorKind};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use super::connection::{Ctx, Side, token};
+use crate::fds;
 use crate::outcome::Outcome;
-use crate::worker::out_of_fds;
-
-/// How often a connect that failed for want of a file descriptor is tried again.
-const FD_RETRY: Duration = Duration::from_millis(50);
 
 /// A backend connect under way.
 #[derive(Debug)]
@@ -93,11 +90,11 @@ impl Connecting {
                 self.retry_at = None;
                 Ok(())
             }
-            Err(e) if out_of_fds(&e) && ctx.now + FD_RETRY < self.deadline => {
+            Err(e) if fds::out_of_fds(&e) && ctx.now + fds::RETRY < self.deadline => {
                 if self.retry_at.is_none() {
-                    log::warn!("conn {id}: out of file descriptors; waiting for one to free up");
+                    fds::log_waiting(id);
                 }
-                self.retry_at = Some(ctx.now + FD_RETRY);
+                self.retry_at = Some(ctx.now + fds::RETRY);
                 Ok(())
             }
             Err(e) => Err(e),
