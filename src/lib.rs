@@ -5,42 +5,35 @@
 //! the pace, and ends only the connection that failed.
 //!
 //! # Layout
-//! Each module holds one concept:
+//! Two modes, two rooms: `threads/` and `event_loop/`, one folder each; what both share
+//! sits at the top. Each module holds one concept:
 //!
 //! | concept | module |
 //! |---|---|
 //! | reading `proxy.lua` (all the Lua code) | [`config`] |
 //! | timestamped log lines | [`logging`] |
-//! | bind, banner, accept loop, drain on Ctrl-C | [`server`] |
-//! | Ctrl-C / SIGTERM flag and waking the accept loop | [`shutdown`] |
-//! | an elastic pool of threads behind a bounded queue | [`pool`] |
-//! | one client, served by a worker: connect, relay, summary | [`worker`] |
+//! | picking the mode from the config | [`server`] |
+//! | the listening socket, banner, connection limit, accept errors | [`listen`] |
+//! | Ctrl-C / SIGTERM flag, waking a blocked loop, the drain's log lines | [`shutdown`] |
 //! | round-robin backends, skipping those that failed | [`balancer`] |
 //! | running out of file descriptors: recognising it, the retry pace | [`fds`] |
-//! | one connection's shared state: sockets, clocks, counters | [`conn`] |
-//! | the copy loop for one direction, half-close, idle check | [`relay`] |
-//! | what Ctrl-C waits for and cuts | [`registry`] |
 //! | how a connection ended, its one-line summary | [`outcome`] |
+//! | `mode = "threads"`: accept loop, worker pool, two blocking copies | [`threads`] |
 //! | `mode = "mio"`: one event loop for every connection (feature `mio`) | `event_loop` |
 //!
-//! Threads mode uses all of them. `balancer`, `fds`, `logging`, `outcome` and `shutdown` make no
-//! assumption about threads and are shared with the mio event-loop mode.
-//!
+//! The modes import from the shared modules, never from each other or from [`server`].
 //! The binary in `src/main.rs` only parses the command line, calls [`logging::init`] and
 //! [`server::run`].
 #![forbid(unsafe_code)]
 
 pub mod balancer;
 pub mod config;
-pub mod conn;
 #[cfg(feature = "mio")]
 pub mod event_loop;
 pub mod fds;
+pub mod listen;
 pub mod logging;
 pub mod outcome;
-pub mod pool;
-pub mod registry;
-pub mod relay;
 pub mod server;
 pub mod shutdown;
-pub mod worker;
+pub mod threads;

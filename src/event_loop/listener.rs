@@ -15,7 +15,7 @@ use std::time::Instant;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
-use crate::server::{ACCEPT_PAUSE, accept_error_pauses};
+use crate::listen::{ACCEPT_PAUSE, accept_error_pauses};
 
 /// The listener and its back-off state.
 #[derive(Debug)]

@@ -46,7 +46,7 @@ use mio::{Events, Poll, Token, Waker};
 use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::outcome::Outcome;
-use crate::pool::panic_message;
+use crate::outcome::panic_message;
 use crate::shutdown::Shutdown;
 use connection::{Conn, Ctx, Settings};
 use listener::Listener;
@@ -62,7 +62,7 @@ const EVENTS_PER_POLL: usize = 1024;
 /// Runs the proxy in mio mode until Ctrl-C (or SIGTERM), then drains and returns `Ok`.
 /// Errors only if it cannot start (e.g. the listen address is taken).
 pub fn run(config: Config) -> io::Result<()> {
-    let listener = crate::server::listen(config.listen)?;
+    let listener = crate::listen::listen(config.listen)?;
     let port = listener.local_addr()?.port();
     let mut event_loop = EventLoop::new(listener, &config)?;
     let shutdown = Shutdown::new();
@@ -72,7 +72,7 @@ pub fn run(config: Config) -> io::Result<()> {
             log::error!("cannot wake the event loop: {e}");
         }
     })?;
-    crate::server::announce(port);
+    crate::listen::announce(port);
     event_loop.run(&shutdown)
 }
 
@@ -96,7 +96,7 @@ struct EventLoop {
     again: Vec<u64>,
     /// Deadlines: connections, accept back-off, drain.
     timers: Timers,
-    /// The most connections open at once (`server::connection_limit`): each needs two
+    /// The most connections open at once (`listen::connection_limit`): each needs two
     /// fds. `usize::MAX` if unknown.
     max_conns: usize,
     /// Whether accepting stopped at `max_conns`: once a connection closes, the waiting
@@ -122,7 +122,7 @@ impl EventLoop {
             buf: vec![0; config.buffer_size.max(1)],
             again: Vec::new(),
             timers: Timers::new(config.drain_timeout),
-            max_conns: crate::server::connection_limit().unwrap_or(usize::MAX),
+            max_conns: crate::listen::connection_limit().unwrap_or(usize::MAX),
             at_limit: false,
         })
     }
@@ -192,13 +192,13 @@ impl EventLoop {
     fn accept_all(&mut self, now: Instant) {
         if self.at_limit && self.conns.len() < self.max_conns {
             self.at_limit = false;
-            crate::server::log_connection_limit(self.max_conns, false);
+            crate::listen::log_connection_limit(self.max_conns, false);
         }
         loop {
             if self.conns.len() >= self.max_conns {
                 if !self.at_limit {
                     self.at_limit = true;
-                    crate::server::log_connection_limit(self.max_conns, true);
+                    crate::listen::log_connection_limit(self.max_conns, true);
                 }
                 return;
             }

@@ -9,12 +9,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::balancer::Balancer;
-use crate::conn::Connection;
 use crate::fds;
+use crate::outcome::panic_message;
 use crate::outcome::{Outcome, Summary};
-use crate::pool::{Pool, handover, panic_message};
-use crate::registry::Ticket;
-use crate::relay::{Direction, DirectionEnd, DirectionResult, RelaySettings, copy_direction};
+use crate::threads::conn::Connection;
+use crate::threads::pool::{Pool, handover};
+use crate::threads::registry::Ticket;
+use crate::threads::relay::{
+    Direction, DirectionEnd, DirectionResult, RelaySettings, copy_direction,
+};
 
 /// How long a worker waits for room in the copy pool's queue (see [`relay_both`]).
 const COPY_WAIT: Duration = Duration::from_secs(10);

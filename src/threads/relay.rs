@@ -16,8 +16,8 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::conn::Connection;
 use crate::outcome::Outcome;
+use crate::threads::conn::Connection;
 
 /// A write that blocks longer than this is logged at debug level (a slow reader).
 pub const SLOW_WRITE: Duration = Duration::from_millis(100);

@@ -13,8 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::conn::Connection;
 use crate::outcome::Outcome;
+use crate::threads::conn::Connection;
 
 /// Every connection accepted and not yet closed.
 #[derive(Debug, Default)]

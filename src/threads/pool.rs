@@ -27,6 +27,7 @@
 //! with hundreds of waiting threads on two cores that was 12 `sched_yield`s per
 //! connection, measured with `strace -c -f`.)
 
+use crate::outcome::panic_message;
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -347,17 +348,6 @@ fn run_thread<T>(shared: &Shared<T>, thread_name: &str) {
         }
     }
     state.threads -= 1;
-}
-
-/// The text of a panic payload (`panic!("...")` gives a `&str` or a `String`).
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
 }
 
 /// A one-shot hand-over of a value from one thread to another: [`handover`] gives the

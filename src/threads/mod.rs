@@ -1,0 +1,212 @@
+//! Threads mode, the card's design: a blocking accept loop hands each client to a worker
+//! pool; each worker connects to a backend and runs the two copy directions, one on a
+//! copy thread, so a blocked `write_all` in one direction never holds up the other.
+//! On Ctrl-C: close the listener, drain, and return.
+//!
+//! The accept loop does nothing else, so a slow backend or a slow client never delays
+//! the next `accept()`. Per-connection problems are logged where they happen and never
+//! come back up here.
+//!
+//! | part | module |
+//! |---|---|
+//! | an elastic pool of threads behind a bounded queue | [`pool`] |
+//! | one client, served by a worker: connect, relay, summary | [`worker`] |
+//! | one connection's shared state: sockets, clocks, counters | [`conn`] |
+//! | the copy loop for one direction, half-close, idle check | [`relay`] |
+//! | what Ctrl-C waits for and cuts | [`registry`] |
+
+pub mod conn;
+pub mod pool;
+pub mod registry;
+pub mod relay;
+pub mod worker;
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::balancer::Balancer;
+use crate::config::Config;
+use crate::listen::{
+    ACCEPT_PAUSE, accept_error_pauses, announce, connection_limit, listen, log_connection_limit,
+};
+use crate::outcome::Outcome;
+use crate::shutdown::{self, Shutdown};
+use pool::{Pool, Rejected};
+use registry::Registry;
+use relay::RelaySettings;
+use worker::{Accepted, Context, CopyJob};
+
+/// How often an accept loop blocked on a full queue checks for Ctrl-C.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// Runs threads mode until Ctrl-C (or SIGTERM), then drains and returns `Ok`.
+pub fn run(config: Config) -> io::Result<()> {
+    let listener = listen(config.listen)?;
+    let local = listener.local_addr()?;
+    let shutdown = Shutdown::new();
+    let wake_addr = shutdown::wake_address(local);
+    shutdown.install_handler(move || shutdown::wake_listener(wake_addr))?;
+
+    let workers = config.workers.max(1);
+    let copiers: Pool<CopyJob> = Pool::start("copy", workers, workers, |job: CopyJob| job())?;
+    let relay = RelaySettings {
+        buffer_size: config.buffer_size,
+        idle_timeout: config.idle_timeout,
+    };
+    let ctx = Context {
+        balancer: Balancer::new(config.backends.clone(), config.backend_retry),
+        connect_timeout: config.connect_timeout,
+        relay,
+        copiers,
+    };
+    let pool = Pool::start("worker", workers, workers, move |job| {
+        worker::serve(&ctx, job)
+    })?;
+    let registry = Registry::new();
+    if let (Some(limit), Some(tick)) = (relay.idle_timeout, relay.tick()) {
+        registry.start_idle_check(limit, tick)?;
+    }
+    let limit = connection_limit();
+    announce(local.port());
+
+    let pending = accept_loop(&listener, &pool, &registry, &shutdown, limit);
+    drop(listener); // from here on, new connections are refused
+    drain(&registry, pending, &pool, config.drain_timeout);
+    Ok(())
+}
+
+/// Accepts clients until a shutdown begins, never more than `limit` open at once (see
+/// [`connection_limit`]). Returns a client that was accepted but not yet queued when the
+/// shutdown began (the drain still serves it).
+fn accept_loop(
+    listener: &TcpListener,
+    pool: &Pool<Accepted>,
+    registry: &Arc<Registry>,
+    shutdown: &Shutdown,
+    limit: Option<usize>,
+) -> Option<Accepted> {
+    let mut saturated = false;
+    let mut at_limit = false;
+    let mut last_logged: Option<Instant> = None;
+    loop {
+        if let Some(max) = limit
+            && !wait_for_room(registry, max, shutdown, &mut at_limit)
+        {
+            return None;
+        }
+        let accepted = listener.accept();
+        if shutdown.is_stopping() {
+            return None; // the handler's wake-up connection, or a client just too late
+        }
+        let (client, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                accept_failed(&e, &mut last_logged);
+                continue;
+            }
+        };
+        let job = Accepted {
+            client,
+            addr,
+            ticket: registry.admit(),
+            accepted_at: Instant::now(),
+        };
+        if let Err(job) = hand_off(pool, job, &mut saturated, shutdown) {
+            return job;
+        }
+    }
+}
+
+/// Waits while `max` connections are open; logs once when the limit is reached and once
+/// when there is room again. `false` if a shutdown began meanwhile.
+fn wait_for_room(
+    registry: &Registry,
+    max: usize,
+    shutdown: &Shutdown,
+    at_limit: &mut bool,
+) -> bool {
+    while !registry.wait_below(max, SHUTDOWN_POLL) {
+        if !*at_limit {
+            *at_limit = true;
+            log_connection_limit(max, true);
+        }
+        if shutdown.is_stopping() {
+            return false;
+        }
+    }
+    if *at_limit {
+        *at_limit = false;
+        log_connection_limit(max, false);
+    }
+    true
+}
+
+/// Handles an accept error. A client that gave up while queued (or a signal) is simply
+/// skipped. Anything else, above all running out of fds (`EMFILE`), would fail again at
+/// once, as the client stays queued: pause [`ACCEPT_PAUSE`] so we do not spin, and log
+/// at most once per `ACCEPT_LOG_EVERY`. Open connections go on meanwhile; queued
+/// clients wait in the backlog and are accepted once fds are free again.
+fn accept_failed(e: &io::Error, last_logged: &mut Option<Instant>) {
+    if accept_error_pauses(e, last_logged) {
+        thread::sleep(ACCEPT_PAUSE);
+    }
+}
+
+/// Queues `job` for a worker, blocking while the queue is full. Logs once when the pool
+/// becomes saturated and once when it has room again. `Err` means the accept loop must
+/// stop (shutdown began, with the job if it is still unserved).
+fn hand_off(
+    pool: &Pool<Accepted>,
+    job: Accepted,
+    saturated: &mut bool,
+    shutdown: &Shutdown,
+) -> Result<(), Option<Accepted>> {
+    let mut job = match pool.submit(job) {
+        Ok(()) => {
+            if *saturated && pool.queued() <= pool.capacity() / 2 {
+                *saturated = false;
+                log::info!("Workers have room again; accepting at full speed.");
+            }
+            return Ok(());
+        }
+        Err(Rejected::Full(job)) => job,
+        Err(Rejected::Closed(_)) => return Err(None),
+    };
+    if !*saturated {
+        *saturated = true;
+        log::warn!(
+            "All workers are busy and the queue is full: new clients wait in the listen backlog."
+        );
+    }
+    loop {
+        match pool.submit_timeout(job, SHUTDOWN_POLL) {
+            Ok(()) => return Ok(()),
+            Err(Rejected::Full(back)) if shutdown.is_stopping() => return Err(Some(back)),
+            Err(Rejected::Full(back)) => job = back,
+            Err(Rejected::Closed(_)) => return Err(None),
+        }
+    }
+}
+
+/// Waits up to `timeout` for open connections to finish, then cuts the rest.
+fn drain(registry: &Registry, pending: Option<Accepted>, pool: &Pool<Accepted>, timeout: Duration) {
+    let open = registry.len();
+    shutdown::log_drain_start(open, timeout);
+    let deadline = Instant::now() + timeout;
+    if let Some(job) = pending {
+        // Accepted before the signal: it still deserves service if a worker frees up.
+        let _ = pool.submit_timeout(job, timeout);
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if registry.wait_empty(left) {
+        shutdown::log_drain_end(open, 0);
+        return;
+    }
+    let cut = registry.cut_all(Outcome::Shutdown);
+    // Cut sockets wake their threads at once; give them a moment to log their summaries.
+    registry.wait_empty(Duration::from_secs(1));
+    shutdown::log_drain_end(open, cut);
+}
