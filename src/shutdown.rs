@@ -5,24 +5,43 @@
 //! function: threads mode connects to its own listen address ([`wake_listener`]), an
 //! event loop would use its `mio::Waker`. What to do after waking (close the listener,
 //! drain, cut) is up to the mode; this module only owns the flag and the signal handler.
-//! A second signal exits at once with status 130 (128 + SIGINT), as shells do.
+//! A second signal exits at once with status 130 (128 + SIGINT), as shells do, after the
+//! mode has reset every open connection ([`Shutdown::on_second_signal`]): a process that
+//! just exits would close them with a FIN, and a cut-off transfer would look complete.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The exit status used when a second signal cuts the drain short.
 pub const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
 
+/// What the second signal runs before the process exits (see [`Shutdown::on_second_signal`]).
+type ExitHook = Box<dyn Fn() + Send>;
+
 /// The "we are shutting down" flag, shared by the signal handler and the server.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Shutdown {
     /// Set by the first signal; the accept loop checks it after every wake-up.
     stopping: AtomicBool,
+    /// Set by the second signal, just before its hook runs.
+    exiting: AtomicBool,
     /// Signals received so far; the second one exits the process.
     signals: AtomicUsize,
+    /// Run by the second signal before exiting: resets the open connections.
+    exit_hook: Mutex<Option<ExitHook>>,
+}
+
+impl std::fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("stopping", &self.stopping)
+            .field("exiting", &self.exiting)
+            .field("signals", &self.signals)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shutdown {
@@ -34,6 +53,19 @@ impl Shutdown {
     /// Whether a shutdown has begun.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether a second signal came: the process is about to exit.
+    pub fn is_exiting(&self) -> bool {
+        self.exiting.load(Ordering::SeqCst)
+    }
+
+    /// Sets what the second signal runs (on the handler's thread) before the process
+    /// exits: it must reset every open connection (`SO_LINGER` 0), as `exit` closes the
+    /// sockets and a plain close sends a FIN. It may block briefly (e.g. until an event
+    /// loop has done it and exited by itself).
+    pub fn on_second_signal(&self, hook: impl Fn() + Send + 'static) {
+        *self.exit_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
     }
 
     /// Begins the shutdown (as the first signal does); returns `true` the first time.
@@ -56,6 +88,10 @@ impl Shutdown {
                 wake();
             } else {
                 log::warn!("Second signal: exiting now without draining.");
+                this.exiting.store(true, Ordering::SeqCst);
+                if let Some(hook) = &*this.exit_hook.lock().unwrap_or_else(|e| e.into_inner()) {
+                    hook();
+                }
                 std::process::exit(SECOND_SIGNAL_EXIT_CODE);
             }
         })

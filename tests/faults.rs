@@ -272,6 +272,182 @@ fn a_client_reset_reaches_the_backend_as_a_reset() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Cuts: a connection rsp ends while bytes are on their way ends in a reset
+// ---------------------------------------------------------------------------------------
+
+/// 20 MB: a download far larger than every socket buffer on the way, so it stalls when
+/// the client stops reading.
+const STALLED_DOWNLOAD: usize = 20 * 1024 * 1024;
+
+/// A backend that reads a request and answers with [`STALLED_DOWNLOAD`] bytes of `d`
+/// (no HTTP head: rsp never parses what it carries).
+fn download_backend() -> Backend {
+    Backend::start(|mut stream| {
+        if read_request(&mut stream).is_ok() {
+            let _ = stream.write_all(&vec![b'd'; STALLED_DOWNLOAD]);
+        }
+    })
+}
+
+/// Reads exactly `n` bytes (the start of the download) or panics naming the target.
+fn read_start(stream: &mut TcpStream, n: usize, target: Target) {
+    let mut start = vec![0u8; n];
+    stream
+        .read_exact(&mut start)
+        .unwrap_or_else(|e| panic!("{target:?}: reading the first {n} bytes: {e}"));
+}
+
+/// The summary line of connection `id` (`conn ID … B up, … B down, … s, outcome`), once
+/// it is logged (up to 15 s: generous for a busy machine); `(up, down, outcome)`.
+fn summary_of(proxy: &mut Proxy, id: u64, target: Target) -> (u64, u64, String) {
+    let line = proxy
+        .wait_for_line(&format!("conn {id} "), Duration::from_secs(15))
+        .unwrap_or_else(|| {
+            panic!(
+                "{target:?}: timed out after 15 s waiting for conn {id}'s summary:\n{}",
+                proxy.output()
+            )
+        });
+    parse_summary(&line).unwrap_or_else(|| panic!("{target:?}: not a summary line: {line:?}"))
+}
+
+/// `(up, down, outcome)` from a summary line, or `None` if `line` is not one.
+fn parse_summary(line: &str) -> Option<(u64, u64, String)> {
+    let (_, rest) = line.split_once(": ")?;
+    let mut fields = rest.split(", ");
+    let up = fields.next()?.strip_suffix(" B up")?.parse().ok()?;
+    let down = fields.next()?.strip_suffix(" B down")?.parse().ok()?;
+    let _duration = fields.next()?;
+    Some((up, down, fields.next()?.to_string()))
+}
+
+/// A client downloads 20 MB through rsp, reads 1 MB and stops reading; `idle_timeout = 1`
+/// fires while rsp's write to it is blocked. When the client reads again it gets the
+/// bytes that arrived and then a reset, never a clean EOF: a truncated download must not
+/// look complete.
+#[test]
+fn a_stalled_download_cut_by_the_idle_timeout_ends_in_a_reset() {
+    for target in Target::rsp_modes() {
+        let backend = download_backend();
+        let mut proxy = target.start_with(&[backend.port], "idle_timeout = 1");
+        let mut stream = connect(proxy.port);
+        stream.write_all(GET_ROOT.as_bytes()).unwrap();
+        read_start(&mut stream, MIB, target);
+        let (_up, down, outcome) = summary_of(&mut proxy, 1, target);
+        assert_eq!(outcome, "idle timeout", "{target:?}: {}", proxy.output());
+        let (data, end) = read_until_end(&mut stream);
+        let received = MIB + data.len();
+        println!(
+            "{target:?}: received {received} B of {STALLED_DOWNLOAD}, summary {down} B down, then {end:?}"
+        );
+        assert_eq!(
+            end.as_ref().map_err(|e| e.kind()),
+            Err(ErrorKind::ConnectionReset),
+            "{target:?}: the client read {received} B then {end:?}, not a reset"
+        );
+        assert_alive_after_large_backend(&proxy, target);
+    }
+}
+
+/// The proxy still serves a fresh request (through [`download_backend`]) and never
+/// printed a panic.
+fn assert_alive_after_large_backend(proxy: &Proxy, target: Target) {
+    let mut stream = connect(proxy.port);
+    stream.write_all(GET_ROOT.as_bytes()).unwrap();
+    let (data, end) = read_until_end(&mut stream);
+    assert!(end.is_ok(), "{target:?}: fresh download ended with {end:?}");
+    assert_eq!(data.len(), STALLED_DOWNLOAD, "{target:?}: fresh download");
+    assert_no_panic(proxy, target);
+}
+
+/// A download in progress when Ctrl-C's `drain_timeout = 1` runs out: both peers see a
+/// reset (the client on its read, the backend on its write), never a clean EOF.
+#[test]
+fn a_drain_timeout_cut_resets_both_peers() {
+    for target in Target::rsp_modes() {
+        let (tx, rx) = mpsc::channel();
+        // The backend writes until a write fails and reports how (a stream that never
+        // ends by itself: 20 s at most, far past the cut).
+        let backend = Backend::start(move |mut stream| {
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
+            let chunk = [b's'; 16 * 1024];
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let end = loop {
+                if Instant::now() > deadline {
+                    break Ok(());
+                }
+                if let Err(e) = stream.write_all(&chunk) {
+                    break Err(e.kind());
+                }
+            };
+            let _ = tx.send(end);
+        });
+        let mut proxy = target.start_with(&[backend.port], "drain_timeout = 1");
+        let mut stream = connect(proxy.port);
+        // The client keeps reading: the stream flows until the cut.
+        read_start(&mut stream, MIB, target);
+        proxy.signal("INT");
+        let (data, client_end) = read_until_end(&mut stream);
+        let backend_end = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("timed out after 20 s waiting for the backend's write to fail");
+        let status = proxy.wait_exit(Duration::from_secs(10));
+        println!(
+            "{target:?}: client read {} B then {client_end:?}; backend's write: {backend_end:?}",
+            MIB + data.len()
+        );
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", proxy.output());
+        assert_eq!(
+            client_end.as_ref().map_err(|e| e.kind()),
+            Err(ErrorKind::ConnectionReset),
+            "{target:?}: the client saw {client_end:?}, not a reset"
+        );
+        assert!(
+            matches!(
+                backend_end,
+                Err(ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+            ),
+            "{target:?}: the backend's write ended with {backend_end:?}, not a reset"
+        );
+    }
+}
+
+/// A download cut while rsp's write to the client is blocked (the client stopped
+/// reading), by the idle timeout and by Ctrl-C's drain timeout: the summary's `down`
+/// count is never below what the client received (it is what rsp handed to the client's
+/// socket, a partly written chunk included; after a reset the client may get less).
+#[test]
+fn a_cut_mid_write_never_counts_fewer_bytes_than_the_peer_received() {
+    for target in Target::rsp_modes() {
+        for ending in ["idle_timeout = 1", "drain_timeout = 1"] {
+            let backend = download_backend();
+            let mut proxy = target.start_with(&[backend.port], ending);
+            let mut stream = connect(proxy.port);
+            stream.write_all(GET_ROOT.as_bytes()).unwrap();
+            read_start(&mut stream, MIB, target);
+            if ending.starts_with("drain") {
+                // Let rsp's write to the stalled client block first (generous: the
+                // socket buffers fill in a few ms).
+                thread::sleep(Duration::from_millis(500));
+                proxy.signal("INT");
+            }
+            let (up, down, outcome) = summary_of(&mut proxy, 1, target);
+            let (data, end) = read_until_end(&mut stream);
+            let received = (MIB + data.len()) as u64;
+            println!(
+                "{target:?}, {ending}: summary {down} B down ({outcome}), client received \
+                 {received} B then {end:?}"
+            );
+            assert_eq!(up, GET_ROOT.len() as u64, "{target:?}, {ending}");
+            assert!(
+                down >= received,
+                "{target:?}, {ending}: the summary says {down} B down, the client received {received} B"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Leaks
 // ---------------------------------------------------------------------------------------
 

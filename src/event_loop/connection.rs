@@ -299,22 +299,39 @@ impl Conn {
 
     /// Closes both sockets and returns the summary line's data.
     ///
-    /// When one side reset or vanished, the other side is reset too (`SO_LINGER` 0 makes
-    /// `close()` send an RST), never closed with a FIN: a cut-off transfer must not look
-    /// complete to the peer that is still there. After a panic (`InternalError`) both
-    /// sides are reset, for the same reason.
+    /// A cut never lets a cut-off transfer look complete: a peer gets a reset
+    /// (`SO_LINGER` 0 makes `close()` send an RST and drop unsent bytes), not a FIN,
+    /// whenever bytes may still be on their way. That is:
+    /// - one side reset or vanished: the other side is reset;
+    /// - Ctrl-C's drain timeout or second Ctrl-C (`Shutdown`), or a panic
+    ///   (`InternalError`): both sides are reset (rsp cannot tell a pause between
+    ///   requests from a pause inside one);
+    /// - the idle timeout: both sides are reset if bytes are queued either way (a peer
+    ///   that stopped reading) or one direction has ended and the other has not (a
+    ///   half-closed transfer); a connection idle with nothing in flight (an idle
+    ///   keep-alive) is closed with a FIN each way, as HAProxy and nginx do.
+    ///
+    /// The byte counts are what each peer's socket took (read minus still queued).
     ///
     /// The two sockets are not deregistered: epoll forgets a socket when its last fd is
     /// closed, and these fds are never `dup`ed, so dropping them is enough (and saves two
     /// `epoll_ctl` calls per connection, a tenth of its syscalls). A late event for a
     /// token of ours finds no connection in the map and is ignored.
     pub fn close(self, outcome: Outcome, registry: &Registry, balancer: &Balancer) -> Summary {
-        if matches!(outcome, Outcome::BackendReset | Outcome::InternalError) {
+        let in_flight = !self.up.is_quiet() || !self.down.is_quiet();
+        let (reset_client, reset_backend) = match outcome {
+            Outcome::ClientReset => (false, true),
+            Outcome::BackendReset => (true, false),
+            Outcome::Shutdown | Outcome::InternalError => (true, true),
+            Outcome::IdleTimeout => (in_flight, in_flight),
+            Outcome::Eof | Outcome::ConnectFailed => (false, false),
+        };
+        if reset_client {
             reset_on_close(&self.client);
         }
         let backend = match self.backend {
             Backend::Connected(stream, index) => {
-                if matches!(outcome, Outcome::ClientReset | Outcome::InternalError) {
+                if reset_backend {
                     reset_on_close(&stream);
                 }
                 balancer.backend(index).name.clone()

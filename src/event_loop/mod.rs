@@ -67,6 +67,13 @@ pub fn run(config: Config) -> io::Result<()> {
     let mut event_loop = EventLoop::new(listener, &config)?;
     let shutdown = Shutdown::new();
     let waker = Arc::new(Waker::new(event_loop.poll.registry(), WAKER)?);
+    // A second Ctrl-C: the loop resets every connection and exits by itself (see
+    // `EventLoop::run`); the handler waits for that, but not forever.
+    let exit_waker = Arc::clone(&waker);
+    shutdown.on_second_signal(move || {
+        let _ = exit_waker.wake();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    });
     shutdown.install_handler(move || {
         if let Err(e) = waker.wake() {
             log::error!("cannot wake the event loop: {e}");
@@ -152,6 +159,12 @@ impl EventLoop {
                 }
             }
             self.run_again(now);
+            if shutdown.is_exiting() {
+                for id in self.conns.keys().copied().collect::<Vec<_>>() {
+                    self.close(id, Outcome::Shutdown); // a reset each way
+                }
+                std::process::exit(crate::shutdown::SECOND_SIGNAL_EXIT_CODE);
+            }
             if shutdown.is_stopping() && !self.timers.draining() {
                 self.listener.close(self.poll.registry());
                 self.timers.begin_drain(self.conns.len(), now);

@@ -92,6 +92,13 @@ impl Pipe {
         self.read - self.queue.len() as u64
     }
 
+    /// Whether nothing is on its way in this direction: no byte queued and no EOF read
+    /// (an idle keep-alive). A pipe that has ended while the other has not is a
+    /// half-closed transfer, so it is not quiet either (see `Conn::close`).
+    pub fn is_quiet(&self) -> bool {
+        self.queue.is_empty() && !self.eof
+    }
+
     /// Whether this direction is finished: EOF read, queue written, FIN passed on.
     pub fn is_done(&self) -> bool {
         self.shut

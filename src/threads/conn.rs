@@ -37,11 +37,24 @@ pub struct Connection {
     up: AtomicU64,
     /// Bytes copied backend → client so far.
     down: AtomicU64,
+    /// Why it was cut and what is in flight, behind one lock: see [`CutState`].
+    state: Mutex<CutState>,
+}
+
+/// What a cut needs to know to choose between a FIN and a reset, and the cut itself.
+/// One mutex, because each check must happen in the same step as the action it guards:
+/// a half-close (FIN) must never slip in after a cut chose to reset a side, and a write
+/// must never start unseen while a cut decides that nothing is in flight.
+#[derive(Debug, Default)]
+struct CutState {
     /// Why the connection was cut, `None` while nobody cut it. The first cause wins: the
-    /// error on one side, not the shutdown it causes on the other. A mutex rather than an
-    /// atomic because [`Connection::half_close`] must check it and shut a socket down as
-    /// one step: a half-close (FIN) must never slip in after a cut chose to reset a side.
-    cut_reason: Mutex<Option<Outcome>>,
+    /// error on one side, not the shutdown it causes on the other.
+    reason: Option<Outcome>,
+    /// Writes under way (0, 1 or 2: one per direction), from [`Connection::begin_write`]
+    /// to [`Connection::end_write`]. A write under way has bytes on their way.
+    writing: u8,
+    /// Directions that passed their EOF on ([`Connection::half_close`]).
+    eofs: u8,
 }
 
 impl Connection {
@@ -64,7 +77,7 @@ impl Connection {
             last_activity_ms: AtomicU64::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
-            cut_reason: Mutex::new(None),
+            state: Mutex::new(CutState::default()),
         };
         conn.touch();
         conn
@@ -99,26 +112,33 @@ impl Connection {
     }
 
     /// Ends the connection now for `reason`: records the reason (unless another was
-    /// recorded first) and wakes the other thread from a blocked `read` (it sees EOF).
+    /// recorded first) and wakes the other thread from a blocked `read`.
     ///
-    /// When one side reset or vanished ([`Outcome::ClientReset`], [`Outcome::BackendReset`])
-    /// the other side is reset too, never closed cleanly: a truncated transfer must not
-    /// look complete to the peer that is still there. Any other cut (idle timeout, Ctrl-C's
-    /// drain timeout) shuts both sockets down both ways, which sends each peer a FIN.
+    /// A cut never lets a cut-off transfer look complete: both peers get a reset
+    /// (`SO_LINGER` 0), not a FIN, whenever bytes may still be on their way. That is:
+    /// - one side reset or vanished ([`Outcome::ClientReset`], [`Outcome::BackendReset`]):
+    ///   the other side is reset too;
+    /// - Ctrl-C's drain timeout ([`Outcome::Shutdown`]) or a bug
+    ///   ([`Outcome::InternalError`]): rsp cannot tell a pause between requests from a
+    ///   pause inside one, so both sides are reset;
+    /// - the idle timeout ([`Outcome::IdleTimeout`]): both sides are reset if a write is
+    ///   under way (a peer that stopped reading) or one direction has ended and the other
+    ///   has not (a half-closed transfer). Only a connection idle with nothing in flight
+    ///   (an idle keep-alive) is closed with a FIN each way, as HAProxy and nginx do.
     pub fn cut(&self, reason: Outcome) {
-        let mut recorded = self.lock_reason();
-        let reason = *recorded.get_or_insert(reason);
+        let mut state = self.lock_state();
+        let reason = *state.reason.get_or_insert(reason);
         // Errors below only mean the socket is already shut down or reset: nothing to do.
         match reason {
             Outcome::ClientReset => pass_reset(&self.client, &self.backend),
             Outcome::BackendReset => pass_reset(&self.backend, &self.client),
-            Outcome::InternalError => {
-                reset(&self.client);
-                reset(&self.backend);
-            }
-            _ => {
+            Outcome::IdleTimeout if state.writing == 0 && state.eofs == 0 => {
                 let _ = self.client.shutdown(Shutdown::Both);
                 let _ = self.backend.shutdown(Shutdown::Both);
+            }
+            _ => {
+                reset(&self.client);
+                reset(&self.backend);
             }
         }
     }
@@ -126,23 +146,41 @@ impl Connection {
     /// Passes an EOF on: `shutdown(Write)` on `to` (half-close, a FIN), unless the
     /// connection was cut; then returns the cut's reason and sends nothing.
     pub fn half_close(&self, to: &TcpStream) -> Result<(), Outcome> {
-        let recorded = self.lock_reason();
-        if let Some(reason) = *recorded {
+        let mut state = self.lock_state();
+        if let Some(reason) = state.reason {
             return Err(reason);
         }
+        state.eofs += 1;
         // Fails only if `to` is already shut down or reset: nothing left to tell it.
         let _ = to.shutdown(Shutdown::Write);
         Ok(())
     }
 
-    /// Why the connection was cut, if it was.
-    pub fn cut_reason(&self) -> Option<Outcome> {
-        *self.lock_reason()
+    /// Marks a write as under way until [`Connection::end_write`], so that a cut meanwhile
+    /// resets both sides (see [`Connection::cut`]). Returns the cut's reason if the
+    /// connection was cut already: then the caller must not write, and should call
+    /// [`Connection::cut`] before `end_write` (its bytes are lost: a reset, not a FIN).
+    /// Two uncontended lock operations per chunk: nothing next to the `read` and `write`.
+    pub fn begin_write(&self) -> Result<(), Outcome> {
+        let mut state = self.lock_state();
+        state.writing += 1;
+        state.reason.map_or(Ok(()), Err)
     }
 
-    fn lock_reason(&self) -> MutexGuard<'_, Option<Outcome>> {
-        // The guarded value is a plain `Option`, never half-written: a poisoned lock is fine.
-        self.cut_reason.lock().unwrap_or_else(|e| e.into_inner())
+    /// Ends what [`Connection::begin_write`] began.
+    pub fn end_write(&self) {
+        let mut state = self.lock_state();
+        state.writing = state.writing.saturating_sub(1);
+    }
+
+    /// Why the connection was cut, if it was.
+    pub fn cut_reason(&self) -> Option<Outcome> {
+        self.lock_state().reason
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, CutState> {
+        // Each update is a single field change, never half-done: a poisoned lock is fine.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The summary line's data, as of now; the outcome is `eof` unless it was cut.

@@ -66,6 +66,11 @@ pub fn run(config: Config) -> io::Result<()> {
         worker::serve(&ctx, job)
     })?;
     let registry = Registry::new();
+    // A second Ctrl-C resets every connection before the process exits (see `shutdown`).
+    let open = Arc::clone(&registry);
+    shutdown.on_second_signal(move || {
+        open.cut_all(Outcome::Shutdown);
+    });
     if let (Some(limit), Some(tick)) = (relay.idle_timeout, relay.tick()) {
         registry.start_idle_check(limit, tick)?;
     }

@@ -22,6 +22,10 @@ use crate::threads::conn::Connection;
 /// A write that blocks longer than this is logged at debug level (a slow reader).
 pub const SLOW_WRITE: Duration = Duration::from_millis(100);
 
+/// The longest a blocked write sleeps before it checks for a cut: well inside the 1 s
+/// the drain gives cut connections to log their summaries. Only blocked writes wake.
+pub const WRITE_TICK: Duration = Duration::from_millis(250);
+
 /// Which way bytes flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -92,12 +96,12 @@ impl RelaySettings {
         Some((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
     }
 
-    /// The socket write timeout: [`RelaySettings::tick`], or 1 s without an idle timeout.
-    /// A blocked write must wake now and then to notice that the connection was cut (a
-    /// cut that resets its peer cannot wake it, see [`Connection::cut`]); a write that
-    /// makes progress never times out.
+    /// The socket write timeout: [`RelaySettings::tick`], at most [`WRITE_TICK`]. A
+    /// blocked write must wake now and then to notice that the connection was cut (a cut
+    /// that resets its peer cannot wake it, see [`Connection::cut`]); a write that makes
+    /// progress never times out.
     pub fn write_tick(&self) -> Duration {
-        self.tick().unwrap_or(Duration::from_secs(1))
+        self.tick().unwrap_or(WRITE_TICK).min(WRITE_TICK)
     }
 }
 
@@ -150,11 +154,17 @@ fn copy_with(
             Err(_) => break cut(conn, direction.failure(true)),
         };
         conn.touch();
-        if let Err(reason) = write_chunk(conn, direction, to, &buf[..n], settings) {
-            break cut(conn, reason);
+        // While the write is marked as under way, a cut resets both peers (bytes are on
+        // their way). A write that fails or finds the connection cut calls `cut` before
+        // the mark is taken away, for the same reason: its bytes will never arrive.
+        let written = conn
+            .begin_write()
+            .and_then(|()| write_chunk(conn, direction, to, &buf[..n], settings, &mut bytes));
+        let end = written.err().map(|reason| cut(conn, reason));
+        conn.end_write();
+        if let Some(end) = end {
+            break end;
         }
-        bytes += n as u64;
-        conn.count(direction == Direction::Up, n as u64);
     };
     DirectionResult { bytes, end }
 }
@@ -172,15 +182,20 @@ fn read_some(mut from: &TcpStream, buf: &mut Vec<u8>, size: usize) -> io::Result
     from.read(&mut buf[..size])
 }
 
-/// Writes all of `chunk`, like `write_all`, but touches the activity clock after every
-/// partial write (a slow reader that takes bytes is not idle), checks for idleness on
-/// write timeouts, and logs a write that blocked longer than [`SLOW_WRITE`].
+/// Writes all of `chunk`, like `write_all`, but counts and touches the activity clock
+/// after every partial write (a slow reader that takes bytes is not idle), checks for
+/// idleness on write timeouts, and logs a write that blocked longer than [`SLOW_WRITE`].
+///
+/// Every byte the socket took is counted at once, in `bytes` and in the connection's
+/// summary, even if the rest of the chunk never goes: the summary says exactly what rsp
+/// handed to each peer's socket, whichever way the connection ends.
 fn write_chunk(
     conn: &Connection,
     direction: Direction,
     mut to: &TcpStream,
     mut chunk: &[u8],
     settings: RelaySettings,
+    bytes: &mut u64,
 ) -> Result<(), Outcome> {
     let started = Instant::now();
     while !chunk.is_empty() {
@@ -188,6 +203,8 @@ fn write_chunk(
             Ok(0) => return Err(direction.failure(false)),
             Ok(n) => {
                 chunk = &chunk[n..];
+                *bytes += n as u64;
+                conn.count(direction == Direction::Up, n as u64);
                 conn.touch();
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
