@@ -448,6 +448,150 @@ fn a_cut_mid_write_never_counts_fewer_bytes_than_the_peer_received() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Ctrl-C racing connects (threads mode's registry)
+// ---------------------------------------------------------------------------------------
+
+/// A backend whose connects hang: a listener with a backlog of 0 whose accept queue is
+/// full and never accepted from, so the kernel drops further SYNs and a connect waits
+/// for its timeout. Returns the listener and the sockets that fill its queue (keep both).
+fn hanging_backend() -> (Socket, Vec<Socket>) {
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&local(0).into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    // A backlog of 0 holds one connection; a few more connects (up to 1 s each) make
+    // sure it is full. Their failures are expected.
+    for _ in 0..3 {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let _ = socket.connect_timeout(&addr, Duration::from_secs(1));
+        fillers.push(socket);
+    }
+    let probe = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    assert!(
+        probe
+            .connect_timeout(&addr, Duration::from_millis(500))
+            .is_err(),
+        "the hanging backend accepted a connect: its queue is not full"
+    );
+    (listener, fillers)
+}
+
+/// Threads mode: Ctrl-C (with `drain_timeout = 0`, so the cut comes at once) while 500
+/// clients connect, half of them routed to a backend whose connect hangs. No connection
+/// slips past the cut: every admitted connection has its summary line (those connecting
+/// or just connected are cut too), and the drain line's counts add up.
+#[test]
+fn ctrl_c_racing_500_connects_leaves_no_connection_uncounted() {
+    let echo = {
+        // An echo backend with a listen backlog of 4096 (std's 128 could overflow).
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.bind(&local(0).into()).unwrap();
+        socket.listen(4096).unwrap();
+        let listener: TcpListener = socket.into();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+                    let mut reader = &stream;
+                    let _ = io::copy(&mut reader, &mut &stream);
+                });
+            }
+        });
+        port
+    };
+    let (hanging, _fillers) = hanging_backend();
+    let hanging_port = hanging.local_addr().unwrap().as_socket().unwrap().port();
+    // connect_timeout = 30: a hanging connect outlives the test unless the cut ends it.
+    let mut proxy = Target::Rsp.start_with(
+        &[echo, hanging_port],
+        "drain_timeout = 0\nconnect_timeout = 30\nbackend_retry = 60",
+    );
+    let port = proxy.port;
+    let connected = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&connected);
+    // The clients keep their connections open until the end: none ends by itself.
+    let streams = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = Arc::clone(&streams);
+    let clients = thread::spawn(move || {
+        concurrently(500, 10, move |_| {
+            // Refused once the listener is closed: fine, those were never admitted.
+            if let Ok(mut stream) = TcpStream::connect(local(port)) {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(b"x");
+                kept.lock().unwrap().push(stream);
+            }
+        })
+    });
+    // Ctrl-C in the middle of the connects (10 s at most to get there).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected.load(Ordering::SeqCst) < 250 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    proxy.signal("INT");
+    let status = proxy.wait_exit(Duration::from_secs(15));
+    clients.join().unwrap();
+    // The child has exited: give the output readers a moment to see its last lines.
+    let end = proxy.wait_for_line("exiting", Duration::from_secs(5));
+    let output = proxy.output();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "did not exit 0 within 15 s of Ctrl-C:\n{output}"
+    );
+    let end = end.unwrap_or_else(|| panic!("no drain line:\n{output}"));
+    let open: usize = output
+        .lines()
+        .find_map(|l| l.split("waiting up to 0.0 s for ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drain start line:\n{output}"));
+    // "Drain timeout: D connection(s) drained, C cut; exiting." (or "All N … drained").
+    let numbers: Vec<usize> = end
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (drained, cut) = match end.contains(" cut") {
+        true => (numbers[numbers.len() - 2], numbers[numbers.len() - 1]),
+        false => (numbers[numbers.len() - 1], 0),
+    };
+    let summaries: Vec<(u64, String)> = output
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("conn ").nth(1)?;
+            let id = rest.split(' ').next()?.parse().ok()?;
+            let (_, _, outcome) = parse_summary(l)?;
+            Some((id, outcome))
+        })
+        .collect();
+    let mut ids: Vec<u64> = summaries.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let shutdowns = summaries.iter().filter(|(_, o)| o == "shutdown").count();
+    println!(
+        "{} clients connected; {open} open at Ctrl-C: {drained} drained, {cut} cut; \
+         {} summary lines, {shutdowns} of them 'shutdown'",
+        connected.load(Ordering::SeqCst),
+        summaries.len()
+    );
+    assert_eq!(drained + cut, open, "the drain line does not add up: {end}");
+    let expected: Vec<u64> = (1..=open as u64).collect();
+    assert_eq!(
+        ids,
+        expected,
+        "{open} connections were open at Ctrl-C but {} have a summary line:\n{output}",
+        ids.len()
+    );
+    assert_eq!(summaries.len(), open, "a connection has two summary lines");
+    assert_eq!(
+        shutdowns, cut,
+        "{cut} cut, {shutdowns} summaries say 'shutdown'"
+    );
+    drop(streams);
+}
+
+// ---------------------------------------------------------------------------------------
 // Leaks
 // ---------------------------------------------------------------------------------------
 

@@ -2,16 +2,26 @@
 //! drain timeout, cuts; and what the idle check looks through.
 //!
 //! The accept loop [`Registry::admit`]s each client and gets a [`Ticket`] that travels
-//! with it to a worker. Once the backend is connected the worker [`Ticket::attach`]es the
-//! [`Connection`], so the registry can shut its sockets down. Dropping the ticket (when the
-//! worker is done, or while unwinding from a panic) removes the entry: nothing leaks.
+//! with it to a worker. While the worker connects to a backend, the socket it connects
+//! is registered ([`Ticket::connecting`]) so a cut can abandon the connect; once connected
+//! the worker [`Ticket::attach`]es the [`Connection`], so the registry can shut its
+//! sockets down. Dropping the ticket (when the worker is done, or while unwinding from a
+//! panic) removes the entry: nothing leaks.
+//!
+//! The cut and the ticket's steps never miss each other: [`Registry::cut_all`] sets its
+//! flag and takes its snapshot under the `open` lock, and each ticket step checks the
+//! flag and updates its entry under the same lock. So a connection is either in the
+//! snapshot or sees the flag, never neither.
 
 use std::collections::HashMap;
 use std::io;
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use socket2::Socket;
 
 use crate::outcome::Outcome;
 use crate::threads::conn::Connection;
@@ -28,8 +38,14 @@ pub struct Registry {
     /// Threads waiting in [`Registry::wait_below`]; changed only under the `open` lock, so
     /// a closing connection knows whether to signal `closed` (a syscall saved otherwise).
     waiting: AtomicUsize,
-    /// Set by [`Registry::cut_all`]: connections attached later are cut at once.
+    /// Set by [`Registry::cut_all`]: connections attached later are cut at once. Only
+    /// set and read under the `open` lock (an atomic only so that `Registry` needs no
+    /// second lock for it).
     cutting: AtomicBool,
+    /// The sockets workers are connecting to backends, by connection id, so that
+    /// [`Registry::cut_all`] can abandon those connects. Only changed under the `open`
+    /// lock (then this one), like `cutting`.
+    connecting: Mutex<HashMap<u64, Arc<Socket>>>,
 }
 
 impl Registry {
@@ -83,15 +99,38 @@ impl Registry {
         true
     }
 
-    /// Cuts every open connection with `reason`, and any attached from now on; returns how
-    /// many were open.
+    /// Cuts every open connection with `reason`, and any attached from now on; abandons
+    /// every connect under way (its worker then logs the connection as cut); returns how
+    /// many were open. Setting the flag and taking the snapshot is one step under the
+    /// `open` lock (see the module docs).
     pub fn cut_all(&self, reason: Outcome) -> usize {
-        self.cutting.store(true, Ordering::SeqCst);
-        let open: Vec<Option<Arc<Connection>>> = self.lock().values().cloned().collect();
+        let (open, connecting) = {
+            let open = self.lock();
+            self.cutting.store(true, Ordering::SeqCst);
+            let conns: Vec<Option<Arc<Connection>>> = open.values().cloned().collect();
+            let connecting: Vec<Arc<Socket>> = self.lock_connecting().values().cloned().collect();
+            (conns, connecting)
+        };
         for conn in open.iter().flatten() {
             conn.cut(reason);
         }
+        for socket in connecting {
+            // Shutting down a socket that is still connecting aborts the connect (the
+            // worker's `connect_timeout` returns an error at once). It sends nothing.
+            let _ = socket.shutdown(Shutdown::Both);
+        }
         open.len()
+    }
+
+    /// Whether [`Registry::cut_all`] has run.
+    pub fn is_cutting(&self) -> bool {
+        let _open = self.lock();
+        self.cutting.load(Ordering::SeqCst)
+    }
+
+    fn lock_connecting(&self) -> MutexGuard<'_, HashMap<u64, Arc<Socket>>> {
+        // Single inserts and removes only: a map behind a poisoned lock is consistent.
+        self.connecting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Cuts every connection idle for `limit` or longer ([`Connection::cut_if_idle`]).
@@ -142,13 +181,42 @@ impl Ticket {
     }
 
     /// Makes `conn` reachable for the drain timeout's cut. If the cut already happened,
-    /// `conn` is cut at once.
+    /// `conn` is cut at once. The check and the insert are one step (see the module docs).
     pub fn attach(&self, conn: Arc<Connection>) {
-        let cutting = self.registry.cutting.load(Ordering::SeqCst);
+        let cutting = {
+            let mut open = self.registry.lock();
+            open.insert(self.id, Some(Arc::clone(&conn)));
+            self.registry.cutting.load(Ordering::SeqCst)
+        };
         if cutting {
             conn.cut(Outcome::Shutdown);
         }
-        self.registry.lock().insert(self.id, Some(conn));
+    }
+
+    /// Registers `socket`, about to connect to a backend, so that a cut abandons the
+    /// connect; `Err(Shutdown)` if the cut already happened (then do not connect). Call
+    /// [`Ticket::connected`] when the connect is over, whatever its result.
+    pub fn connecting(&self, socket: &Arc<Socket>) -> Result<(), Outcome> {
+        let _open = self.registry.lock();
+        if self.registry.cutting.load(Ordering::SeqCst) {
+            return Err(Outcome::Shutdown);
+        }
+        self.registry
+            .lock_connecting()
+            .insert(self.id, Arc::clone(socket));
+        Ok(())
+    }
+
+    /// The connect registered with [`Ticket::connecting`] is over: forgets its socket.
+    pub fn connected(&self) {
+        let _open = self.registry.lock();
+        self.registry.lock_connecting().remove(&self.id);
+    }
+
+    /// Whether the connections were cut ([`Registry::cut_all`]): a connect that failed
+    /// meanwhile was abandoned, not refused by the backend.
+    pub fn is_cut(&self) -> bool {
+        self.registry.is_cutting()
     }
 }
 
@@ -156,6 +224,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut open = self.registry.lock();
         open.remove(&self.id);
+        self.registry.lock_connecting().remove(&self.id);
         let waiting = self.registry.waiting.load(Ordering::Relaxed) > 0;
         drop(open);
         if waiting {
@@ -193,6 +262,23 @@ mod tests {
         let closer = std::thread::spawn(move || drop(a));
         assert!(registry.wait_below(2, Duration::from_secs(5)));
         closer.join().unwrap();
+    }
+
+    #[test]
+    fn a_cut_abandons_connects_and_refuses_new_ones() {
+        let registry = Registry::new();
+        let ticket = registry.admit();
+        let socket =
+            Arc::new(Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap());
+        assert_eq!(ticket.connecting(&socket), Ok(()));
+        assert!(!ticket.is_cut());
+        assert_eq!(registry.cut_all(Outcome::Shutdown), 1);
+        assert!(ticket.is_cut());
+        assert_eq!(ticket.connecting(&socket), Err(Outcome::Shutdown));
+        ticket.connected();
+        drop(ticket);
+        assert!(registry.is_empty());
+        assert!(registry.lock_connecting().is_empty());
     }
 
     #[test]

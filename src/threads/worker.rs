@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, Socket, Type};
+
 use crate::balancer::Balancer;
 use crate::fds;
 use crate::outcome::panic_message;
@@ -53,7 +55,8 @@ pub struct Context {
 /// Serves one client from accept to close and logs its summary line.
 pub fn serve(ctx: &Context, job: Accepted) {
     let id = job.ticket.id();
-    let Some((backend, name)) = connect_backend(ctx, id) else {
+    let connected = connect_backend(ctx, &job.ticket);
+    let Ok((backend, name)) = connected else {
         let summary = Summary {
             id,
             client: job.addr,
@@ -61,7 +64,7 @@ pub fn serve(ctx: &Context, job: Accepted) {
             up: 0,
             down: 0,
             duration: job.accepted_at.elapsed(),
-            outcome: Outcome::ConnectFailed,
+            outcome: connected.err().unwrap_or(Outcome::ConnectFailed),
         };
         summary.log();
         return;
@@ -89,43 +92,68 @@ pub fn serve(ctx: &Context, job: Accepted) {
     conn.summary().log();
 }
 
-/// Tries the balancer's backends in order, each once; marks each failure down.
-fn connect_backend(ctx: &Context, id: u64) -> Option<(TcpStream, String)> {
+/// Tries the balancer's backends in order, each once; marks each failure down. `Err` is
+/// the connection's outcome: `ConnectFailed`, or `Shutdown` if the drain's cut abandoned
+/// the connect (the backend is not to blame then).
+fn connect_backend(ctx: &Context, ticket: &Ticket) -> Result<(TcpStream, String), Outcome> {
+    let id = ticket.id();
     for index in ctx.balancer.plan() {
         let backend = ctx.balancer.backend(index);
-        match connect(ctx, id, &backend.addr) {
+        match connect(ctx, ticket, &backend.addr) {
             Ok(stream) => {
                 ctx.balancer.mark_up(index);
-                return Some((stream, backend.name.clone()));
+                return Ok((stream, backend.name.clone()));
             }
+            Err(_) if ticket.is_cut() => return Err(Outcome::Shutdown),
             Err(e) => {
                 if !ctx.balancer.connect_failed(id, index, &e) {
-                    return None;
+                    return Err(Outcome::ConnectFailed);
                 }
             }
         }
     }
-    None
+    Err(Outcome::ConnectFailed)
 }
 
 /// Connects to `addr`. If the process is out of fds (the client we just accepted took
 /// the last one), waits for one to free up, trying again every [`fds::RETRY`] for up to
 /// `connect_timeout`: the client then waits a little instead of being dropped at once.
-fn connect(ctx: &Context, id: u64, addr: &SocketAddr) -> io::Result<TcpStream> {
+/// The socket is registered with the ticket while it connects, so the drain's cut can
+/// abandon the connect.
+fn connect(ctx: &Context, ticket: &Ticket, addr: &SocketAddr) -> io::Result<TcpStream> {
     let deadline = Instant::now() + ctx.connect_timeout;
     let mut logged = false;
     loop {
-        match TcpStream::connect_timeout(addr, ctx.connect_timeout) {
+        match connect_once(ticket, addr, ctx.connect_timeout) {
             Err(e) if fds::out_of_fds(&e) && Instant::now() + fds::RETRY < deadline => {
                 if !logged {
                     logged = true;
-                    fds::log_waiting(id);
+                    fds::log_waiting(ticket.id());
                 }
                 thread::sleep(fds::RETRY);
             }
             result => return result,
         }
     }
+}
+
+/// One connect to `addr`, like `TcpStream::connect_timeout`, with the socket registered
+/// with `ticket` meanwhile (socket2 makes the socket before connecting it; std cannot).
+fn connect_once(ticket: &Ticket, addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = Arc::new(Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?);
+    if ticket.connecting(&socket).is_err() {
+        return Err(io::Error::other("shutting down: connect abandoned"));
+    }
+    let result = socket.connect_timeout(&(*addr).into(), timeout);
+    ticket.connected();
+    result?;
+    let socket =
+        Arc::try_unwrap(socket).map_err(|_| io::Error::other("connect: socket still shared"))?;
+    Ok(socket.into())
 }
 
 /// Runs backend → client on a copy thread and client → backend here; returns when both
