@@ -46,6 +46,11 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let bind = || -> io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
+        // Urgent data (TCP `MSG_OOB`: telnet, FTP `ABOR`, rlogin) stays in the byte
+        // stream, in order, so rsp passes it on like any other byte instead of silently
+        // dropping it. Accepted sockets inherit the option from the listener (no syscall
+        // per client); backend sockets set it themselves.
+        socket.set_out_of_band_inline(true)?;
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         Ok(socket.into())
@@ -111,4 +116,20 @@ pub fn accept_error_pauses(e: &io::Error, last_logged: &mut Option<Instant>) -> 
         );
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::SockRef;
+    use std::net::TcpStream;
+
+    #[test]
+    fn accepted_sockets_keep_urgent_data_inline() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        // Inherited from the listener: no setsockopt per client.
+        assert!(SockRef::from(&accepted).out_of_band_inline().unwrap());
+    }
 }

@@ -592,6 +592,66 @@ fn ctrl_c_racing_500_connects_leaves_no_connection_uncounted() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Urgent data
+// ---------------------------------------------------------------------------------------
+
+/// While rsp is still connecting (or has just connected) to the backend, a client sends
+/// `abc`, then `X` as TCP urgent data (`MSG_OOB`), then `def`: the backend receives
+/// `abcXdef`, in order, within 1 s (a relay on loopback takes well under 1 ms: a wide
+/// margin for a busy machine; a stalled direction would wait forever). 20 runs of 20,
+/// both modes.
+#[test]
+fn urgent_data_is_passed_on_in_order() {
+    for target in Target::rsp_modes() {
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let backend = Backend::start(move |mut stream| {
+            // The test backend keeps urgent bytes inline too (rsp sends them as plain
+            // bytes anyway).
+            let _ = SockRef::from(&stream).set_out_of_band_inline(true);
+            let started = Instant::now();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while got.len() < 7 {
+                let left = Duration::from_secs(1).saturating_sub(started.elapsed());
+                if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.lock().unwrap().send(got);
+        });
+        let proxy = target.start(backend.port);
+        let mut failures = Vec::new();
+        for run in 0..20 {
+            let mut stream = connect(proxy.port);
+            stream.set_nodelay(true).unwrap(); // three sends, three segments
+            stream.write_all(b"abc").unwrap();
+            SockRef::from(&stream).send_out_of_band(b"X").unwrap();
+            stream.write_all(b"def").unwrap();
+            // 10 s: the backend reports after its own 1 s limit at the latest.
+            let got = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("timed out after 10 s waiting for the backend's report");
+            if got != b"abcXdef" {
+                failures.push(format!("run {run}: {:?}", String::from_utf8_lossy(&got)));
+            }
+        }
+        println!(
+            "{target:?}: {} of 20 runs got abcXdef within 1 s",
+            20 - failures.len()
+        );
+        assert!(failures.is_empty(), "{target:?}: {failures:?}");
+        assert_no_panic(&proxy, target);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Leaks
 // ---------------------------------------------------------------------------------------
 

@@ -16,10 +16,10 @@
 use std::io::{self, ErrorKind};
 use std::time::Instant;
 
+use mio::Registry;
 use mio::net::TcpStream;
-use mio::{Interest, Registry};
 
-use super::connection::{Ctx, Side, token};
+use super::connection::{Ctx, Side, interest, token};
 use crate::fds;
 use crate::outcome::Outcome;
 
@@ -79,9 +79,10 @@ impl Connecting {
     fn open(&mut self, id: u64, ctx: &mut Ctx) -> io::Result<()> {
         let addr = ctx.balancer.backend(self.index).addr;
         let opened = TcpStream::connect(addr).and_then(|mut stream| {
-            let interest = Interest::READABLE | Interest::WRITABLE;
+            // Urgent bytes are passed on in order like any others (see `listen::listen`).
+            socket2::SockRef::from(&stream).set_out_of_band_inline(true)?;
             let registry = ctx.registry;
-            registry.register(&mut stream, token(id, Side::Backend), interest)?;
+            registry.register(&mut stream, token(id, Side::Backend), interest())?;
             Ok(stream)
         });
         match opened {

@@ -45,6 +45,15 @@ pub fn from_token(token: Token) -> (u64, Side) {
     ((token.0 / 2) as u64, side)
 }
 
+/// What a connection's sockets are registered for: readable, writable, and on Linux
+/// urgent data (`EPOLLPRI`), which a read stops short at (see [`Pipe::pump`]).
+pub fn interest() -> Interest {
+    let interest = Interest::READABLE | Interest::WRITABLE;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let interest = interest | Interest::PRIORITY;
+    interest
+}
+
 /// The config values a connection needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -111,10 +120,9 @@ impl Conn {
         client_addr: SocketAddr,
         ctx: &mut Ctx,
     ) -> (Conn, Result<(), Outcome>) {
-        let interest = Interest::READABLE | Interest::WRITABLE;
         let registered = ctx
             .registry
-            .register(&mut client, token(id, Side::Client), interest);
+            .register(&mut client, token(id, Side::Client), interest());
         let connecting = match registered {
             Ok(()) => Connecting::start(id, ctx),
             Err(e) => {
@@ -143,17 +151,20 @@ impl Conn {
     /// [`Conn::pump`] again soon (a source still has bytes after its turn).
     pub fn on_event(&mut self, side: Side, event: &Event, ctx: &mut Ctx) -> Result<bool, Outcome> {
         let closed = event.is_read_closed();
-        let readable = event.is_readable() || closed;
+        let urgent = event.is_priority();
+        let readable = event.is_readable() || closed || urgent;
         if matches!(self.backend, Backend::Connecting(_)) {
             match side {
                 Side::Backend => {
                     self.step_connect(ctx, false)?;
                     let connected = matches!(self.backend, Backend::Connected(..));
                     if readable && connected {
-                        self.down.on_readable(closed); // A greeting came with the connect.
+                        // A greeting came with the connect.
+                        self.down.on_readable(closed, urgent);
                     }
                 }
-                Side::Client if readable => self.up.on_readable(closed), // Read once connected.
+                // Read once connected.
+                Side::Client if readable => self.up.on_readable(closed, urgent),
                 Side::Client => {}
             }
             return self.pump(ctx);
@@ -163,8 +174,8 @@ impl Conn {
         }
         if readable {
             match side {
-                Side::Client => self.up.on_readable(closed),
-                Side::Backend => self.down.on_readable(closed),
+                Side::Client => self.up.on_readable(closed, urgent),
+                Side::Backend => self.down.on_readable(closed, urgent),
             }
         }
         if event.is_writable() || event.is_write_closed() {

@@ -5,7 +5,8 @@
 //! - **Edge-triggered readiness is remembered.** mio reports "readable" once per change,
 //!   not once per poll, so [`Pipe::readable`] keeps a report we have not used up yet (we
 //!   were paused, or stopped early to let other connections run) until a read says
-//!   `WouldBlock`, or until a short read shows the source is empty (see [`Pipe::pump`]).
+//!   `WouldBlock`, or until a short read shows the source is empty (only where that is
+//!   provably so, see [`Pipe::pump`]).
 //! - **High-water mark.** While more than `max_buffered` bytes wait for the destination,
 //!   the source is not read; its kernel buffer fills and TCP slows the sender down. Reading
 //!   resumes once the queue is below half of that.
@@ -24,6 +25,12 @@ use super::queue::WriteQueue;
 /// At most this many reads per source per turn, so one busy connection cannot keep the
 /// loop from the others. What is left is read on the next turn.
 const READS_PER_TURN: usize = 16;
+
+/// Whether a read that fills less than the buffer may be taken to mean "the socket is
+/// empty" (see [`Pipe::pump`]). Linux's TCP `recv` returns short only when its receive
+/// queue is empty or at an urgent-data mark, and urgent data also raises `EPOLLPRI`,
+/// which turns the shortcut off for that pipe. Elsewhere we read until `WouldBlock`.
+const SHORT_READ_DRAINS: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// Which socket failed, and how.
 #[derive(Debug)]
@@ -58,6 +65,10 @@ pub struct Pipe {
     /// An event said the source's peer closed its side (FIN or reset): a short read no
     /// longer means "empty", as the EOF after the bytes raises no new event.
     closing: bool,
+    /// An event said the source has urgent data (TCP `MSG_OOB`, `EPOLLPRI`): a read
+    /// stops short at its mark with more bytes behind it, so a short read no longer
+    /// means "empty" for this pipe (for good: urgent data is rare, telnet or FTP `ABOR`).
+    urgent: bool,
     /// The source sent its FIN (a 0-byte read).
     eof: bool,
     /// We passed that FIN on: `shutdown(Write)` on the destination.
@@ -75,16 +86,19 @@ impl Pipe {
             read: 0,
             readable: false,
             closing: false,
+            urgent: false,
             eof: false,
             shut: false,
             paused: false,
         }
     }
 
-    /// A readable event for the source; `closed` if it also said the peer closed its side.
-    pub fn on_readable(&mut self, closed: bool) {
+    /// A readable event for the source; `closed` if it also said the peer closed its side,
+    /// `urgent` if it said urgent data is waiting.
+    pub fn on_readable(&mut self, closed: bool, urgent: bool) {
         self.readable = true;
         self.closing |= closed;
+        self.urgent |= urgent;
     }
 
     /// Bytes the destination has taken so far (read minus still queued).
@@ -108,11 +122,14 @@ impl Pipe {
     /// is over `max_buffered`, or the turn is up. `buf` is the loop's one read buffer.
     /// `last`: the other direction is done (see [`Pipe::pass_eof_on`]).
     ///
-    /// A read that fills less than `buf` emptied the socket's receive queue, so the next
-    /// read would only say `WouldBlock`: we skip it (one `recv` fewer per message, about a
-    /// quarter of the syscalls of a small request and response). Bytes that arrive later
-    /// raise a new edge-triggered event. Not so for an EOF that was already there: when an
-    /// event said the peer closed ([`Pipe::on_readable`]), we read on until the 0-byte read.
+    /// On Linux, a read that fills less than `buf` emptied the socket's receive queue, so
+    /// the next read would only say `WouldBlock`: we skip it (one `recv` fewer per
+    /// message, about a quarter of the syscalls of a small request and response). Bytes
+    /// that arrive later raise a new edge-triggered event. Two exceptions, where bytes or
+    /// an EOF are already there and no new event comes: when an event said the peer
+    /// closed, we read on until the 0-byte read; when an event said urgent data is waiting
+    /// (a read stops short at its mark even with `SO_OOBINLINE`), we read on until
+    /// `WouldBlock`. See [`SHORT_READ_DRAINS`].
     pub fn pump(
         &mut self,
         src: &TcpStream,
@@ -135,7 +152,7 @@ impl Pipe {
                 Ok(n) => {
                     pumped.moved = true;
                     self.read += n as u64;
-                    if n < buf.len() && !self.closing {
+                    if SHORT_READ_DRAINS && n < buf.len() && !self.closing && !self.urgent {
                         self.readable = false; // Short read: the socket is empty.
                     }
                     self.queue.send(dst, &buf[..n]).map_err(Fault::Dest)?;

@@ -145,6 +145,8 @@ fn connect_once(ticket: &Ticket, addr: &SocketAddr, timeout: Duration) -> io::Re
         Type::STREAM,
         Some(Protocol::TCP),
     )?);
+    // Urgent bytes stay in the stream, in order (see `listen::listen`).
+    socket.set_out_of_band_inline(true)?;
     if ticket.connecting(&socket).is_err() {
         return Err(io::Error::other("shutting down: connect abandoned"));
     }
