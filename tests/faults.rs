@@ -412,6 +412,45 @@ fn a_drain_timeout_cut_resets_both_peers() {
     }
 }
 
+/// A second Ctrl-C during the drain exits at once (status 130), and a download still in
+/// progress ends in a reset at the client, not a clean EOF that would make it look
+/// complete.
+#[test]
+fn a_second_ctrl_c_resets_open_connections() {
+    for target in Target::rsp_modes() {
+        let backend = download_backend();
+        let mut proxy = target.start_with(&[backend.port], "drain_timeout = 60");
+        let mut stream = connect(proxy.port);
+        stream.write_all(GET_ROOT.as_bytes()).unwrap();
+        read_start(&mut stream, MIB, target); // the client stops reading here
+        proxy.signal("INT");
+        let line = proxy.wait_for_line("Shutting down", Duration::from_secs(10));
+        assert!(
+            line.is_some(),
+            "{target:?}: timed out after 10 s waiting for the drain:\n{}",
+            proxy.output()
+        );
+        proxy.signal("INT");
+        let status = proxy.wait_exit(Duration::from_secs(10));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(130),
+            "{target:?}: {}",
+            proxy.output()
+        );
+        let (data, end) = read_until_end(&mut stream);
+        println!(
+            "{target:?}: the client read {} B then {end:?}",
+            MIB + data.len()
+        );
+        assert_eq!(
+            end.as_ref().map_err(|e| e.kind()),
+            Err(ErrorKind::ConnectionReset),
+            "{target:?}: the client saw {end:?} after a second Ctrl-C, not a reset"
+        );
+    }
+}
+
 /// A download cut while rsp's write to the client is blocked (the client stopped
 /// reading), by the idle timeout and by Ctrl-C's drain timeout: the summary's `down`
 /// count is never below what the client received (it is what rsp handed to the client's
