@@ -10,6 +10,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -81,6 +82,54 @@ pub fn log_drain_end(open: usize, cut: usize) {
             "Drain timeout: {} connection(s) drained, {cut} cut; exiting.",
             open.saturating_sub(cut)
         );
+    }
+}
+
+/// The drain of several event loops, logged as one: mio mode runs `loops` loops, each
+/// closing its own listening socket and draining its own connections, but the log says
+/// once that the process stopped accepting and once that it is done, as threads mode does.
+#[derive(Debug)]
+pub struct DrainLog {
+    /// The listeners still open; the drain's start is logged when the last one closes.
+    /// Only then is "no longer accepting" true (until then another loop still accepts).
+    listening: AtomicUsize,
+    /// Connections open when the drain's start was logged, and those cut at the timeout.
+    counts: Mutex<(usize, usize)>,
+}
+
+impl DrainLog {
+    /// For `loops` listeners.
+    pub fn new(loops: usize) -> DrainLog {
+        DrainLog {
+            listening: AtomicUsize::new(loops),
+            counts: Mutex::new((0, 0)),
+        }
+    }
+
+    /// One listener closed. If it was the last, logs the drain's start with `open()`
+    /// connections open in the whole process, each given up to `timeout`.
+    pub fn listener_closed(&self, open: impl FnOnce() -> usize, timeout: Duration) {
+        if self.listening.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let open = open();
+            self.lock().0 = open;
+            log_drain_start(open, timeout);
+        }
+    }
+
+    /// A loop cut `n` connections at the drain timeout.
+    pub fn cut(&self, n: usize) {
+        self.lock().1 += n;
+    }
+
+    /// Every loop is done: logs the drain's end.
+    pub fn finish(&self) {
+        let (open, cut) = *self.lock();
+        log_drain_end(open, cut);
+    }
+
+    /// The counts; a panic elsewhere while they were held cannot leave them half-written.
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
