@@ -221,7 +221,8 @@ fn a_broken_config_stops_rsp_before_it_listens() {
     assert_one_line_error(code, &output, "backends: missing");
 }
 
-/// The shipped `proxy.lua` is valid and sets every key.
+/// The shipped `proxy.lua` is valid and sets every key but `loops`, whose default (one
+/// per CPU) no number in a file can stand for.
 #[test]
 fn check_accepts_the_shipped_proxy_lua_and_prints_every_key() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.lua");
@@ -237,7 +238,7 @@ fn check_accepts_the_shipped_proxy_lua_and_prints_every_key() {
         let line = output.lines().find(|l| l.starts_with(&format!("{key} = ")));
         let line = line.unwrap_or_else(|| panic!("no line for {key} in:\n{output}"));
         assert!(
-            !line.contains("-- default"),
+            key == "loops" || !line.contains("-- default"),
             "shipped file sets {key}: {line}"
         );
     }
