@@ -167,6 +167,28 @@ mod tests {
     }
 
     #[test]
+    fn the_drain_starts_when_the_last_listener_closes() {
+        let drain = DrainLog::new(3);
+        let asked = AtomicUsize::new(0);
+        let open = || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            7
+        };
+        drain.listener_closed(open, Duration::from_secs(1));
+        drain.listener_closed(open, Duration::from_secs(1));
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            0,
+            "logged before every loop closed"
+        );
+        drain.listener_closed(open, Duration::from_secs(1));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        drain.cut(2);
+        drain.cut(1);
+        assert_eq!(*drain.lock(), (7, 3));
+    }
+
+    #[test]
     fn wake_address_uses_loopback_for_any_address() {
         let any: SocketAddr = "0.0.0.0:8000".parse().unwrap();
         assert_eq!(wake_address(any), "127.0.0.1:8000".parse().unwrap());

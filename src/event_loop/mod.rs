@@ -21,8 +21,8 @@
 //! with `SO_REUSEPORT` ([`crate::listen::listen_many`]): the kernel hands each new client
 //! to one of the sockets by a hash of its address and port. The loops share only the
 //! balancer (already thread-safe), the count of open connections (the limit from the
-//! open-files limit is the process's, not a loop's), the connection ids and the Ctrl-C
-//! wake-up; a connection stays on the loop that accepted it, so its two directions still
+//! open-files limit is the process's, not a loop's), the connection ids, the Ctrl-C
+//! wake-up and the rate limit of the accept-error log line; a connection stays on the loop that accepted it, so its two directions still
 //! need no lock. The trade-off: the kernel spreads connections, not work, and a busy loop
 //! cannot hand work to an idle one, so a few heavy connections that happen to share a
 //! loop share its core while another loop idles. `loops = 1` is a single loop.
@@ -46,8 +46,8 @@ use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::net::TcpListener;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,8 @@ pub fn run(config: Config) -> io::Result<()> {
         balancer: Balancer::new(config.backends.clone(), config.backend_retry),
         open: AtomicUsize::new(0),
         max_conns: crate::listen::connection_limit().unwrap_or(usize::MAX),
+        limit_logged: AtomicBool::new(false),
+        accept_error_logged: Mutex::new(None),
         next_id: AtomicU64::new(1),
         wakers,
         drain: DrainLog::new(n),
@@ -140,6 +142,10 @@ struct Shared {
     /// The most connections open at once in the process (`listen::connection_limit`):
     /// each needs two fds. `usize::MAX` if unknown.
     max_conns: usize,
+    /// Whether "At the connection limit" was logged last (not yet "Below … again").
+    limit_logged: AtomicBool,
+    /// When an accept error was last logged: at most one line a second for the process.
+    accept_error_logged: Mutex<Option<Instant>>,
     /// The id the next client gets (the summary line's `conn N`), unique in the process.
     next_id: AtomicU64,
     /// One per loop: Ctrl-C, and a connection closing at the limit, wake them all.
@@ -162,12 +168,13 @@ impl Shared {
 
     /// Takes a place under the connection limit for a client about to be accepted;
     /// `false` at the limit. Add first, then check: two loops cannot both take the last
-    /// place.
+    /// place. Giving back a place not taken wakes nobody: the count was at the limit, so
+    /// the release that takes it below will see that and wake the loops.
     fn reserve(&self) -> bool {
         if self.open.fetch_add(1, Ordering::SeqCst) < self.max_conns {
             return true;
         }
-        self.release();
+        self.open.fetch_sub(1, Ordering::SeqCst);
         false
     }
 
@@ -177,6 +184,14 @@ impl Shared {
     fn release(&self) {
         if self.open.fetch_sub(1, Ordering::SeqCst) >= self.max_conns {
             self.wake_all();
+        }
+    }
+
+    /// Logs reaching the connection limit, or getting below it again: once for the
+    /// process, not once per loop that notices.
+    fn log_limit(&self, reached: bool) {
+        if self.limit_logged.swap(reached, Ordering::SeqCst) != reached {
+            crate::listen::log_connection_limit(self.max_conns, reached);
         }
     }
 
@@ -252,7 +267,7 @@ impl EventLoop {
             log::error!("event loop {} failed: {e}; stopping", self.index);
             shutdown.begin();
             self.shared.wake_all();
-            self.stop_accepting(Instant::now());
+            self.close_listener();
             let cut = self.conns.len();
             self.cut_all();
             self.shared.drain.cut(cut);
@@ -311,10 +326,17 @@ impl EventLoop {
     /// counts it closed in the [`DrainLog`]. Once every loop's is closed the port refuses
     /// new clients and the drain's start is logged.
     fn stop_accepting(&mut self, now: Instant) {
+        if !self.closed {
+            self.accept_all(now);
+            self.close_listener();
+        }
+    }
+
+    /// Closes the listener (once) and counts it closed in the [`DrainLog`].
+    fn close_listener(&mut self) {
         if self.closed {
             return;
         }
-        self.accept_all(now);
         self.listener.close(self.poll.registry());
         self.closed = true;
         let shared = &self.shared;
@@ -342,17 +364,19 @@ impl EventLoop {
         let max = self.shared.max_conns;
         if self.at_limit && self.shared.open() < max {
             self.at_limit = false;
-            crate::listen::log_connection_limit(max, false);
+            self.shared.log_limit(false);
         }
         loop {
             if !self.shared.reserve() {
                 if !self.at_limit {
                     self.at_limit = true;
-                    crate::listen::log_connection_limit(max, true);
+                    self.shared.log_limit(true);
                 }
                 return;
             }
-            let Some((client, addr)) = self.listener.accept(self.poll.registry(), now) else {
+            let registry = self.poll.registry();
+            let errors_logged = &self.shared.accept_error_logged;
+            let Some((client, addr)) = self.listener.accept(registry, errors_logged, now) else {
                 self.shared.release();
                 return;
             };
@@ -467,6 +491,45 @@ fn isolated<T>(id: u64, work: impl FnOnce() -> T) -> Result<T, Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared(max_conns: usize, poll: &Poll) -> Shared {
+        Shared {
+            balancer: Balancer::new(Vec::new(), Duration::from_secs(1)),
+            open: AtomicUsize::new(0),
+            max_conns,
+            limit_logged: AtomicBool::new(false),
+            accept_error_logged: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            wakers: vec![Waker::new(poll.registry(), WAKER).unwrap()],
+            drain: DrainLog::new(1),
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Whether the loop's waker fired within 1 s (generous: nothing else runs here).
+    fn woken(poll: &mut Poll) -> bool {
+        let mut events = Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_secs(1)))
+            .unwrap();
+        events.iter().any(|e| e.token() == WAKER)
+    }
+
+    #[test]
+    fn the_connection_limit_is_shared_and_a_freed_place_wakes_the_loops() {
+        let mut poll = Poll::new().unwrap();
+        let shared = shared(2, &poll);
+        assert!(shared.reserve() && shared.reserve());
+        assert!(!shared.reserve(), "a third place under a limit of 2");
+        assert_eq!(shared.open(), 2);
+        shared.release(); // From the limit: a loop may be waiting with clients queued.
+        assert!(
+            woken(&mut poll),
+            "no wake-up when a place was freed at the limit"
+        );
+        shared.release(); // Below the limit: nobody can be waiting.
+        assert!(!woken(&mut poll), "a wake-up below the limit");
+        assert_eq!(shared.open(), 0);
+    }
 
     #[test]
     fn a_panic_becomes_an_internal_error() {
