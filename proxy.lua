@@ -15,8 +15,12 @@ listen = "127.0.0.1:8000"
 backends = { "127.0.0.1:8888" }
 
 -- "threads": a pool of worker threads, two blocking copies per connection.
--- "mio": one event-loop thread (needs rsp built with the `mio` feature, the default).
+-- "mio": event loops, one per CPU (needs rsp built with the `mio` feature, the default).
 mode = "threads"
+
+-- Mio mode: how many event loops (threads). Left unset, one per CPU rsp may use, which
+-- a file cannot know; `loops = 1` is a single loop.
+-- loops = 2
 
 -- Threads mode: how many connections are served at once; more clients wait their turn.
 workers = 256

@@ -6,10 +6,16 @@
                                       # writes target/bench-quick/ instead
     BENCH_RSP_ROOT=DIR ...            # measure DIR/target/release/rsp (another checkout)
     BENCH_RSP_WORKERS=N ...           # rsp's threads-mode `workers` (default 6000)
+    BENCH_LESSON=N ...                # which lesson is threads mode's floor (default 5,
+                                      # the worker-pool lesson; 0 = none)
+    BENCH_LESSON_WORKERS=N ...        # the lesson's fixed pool (default 256)
+    BENCH_MIO_LOOPS=N ...             # also run rsp-mio with `loops = N` as "rsp-mio-N"
+                                      # (default 1; empty = only the default loops)
 
 Starts a backend (nginx serving static files if installed, else rsp's demo backend),
-then every proxy it can find (rsp in threads mode and in mio mode, HAProxy `mode tcp`,
-nginx `stream`), all on 127.0.0.1 with ports chosen at run time. It measures every target
+then every proxy it can find (rsp in threads mode and in mio mode, the latter with one loop
+per CPU and with `loops = 1`, the lesson whose design threads mode extends, HAProxy `mode
+tcp`, nginx `stream`), all on 127.0.0.1 with ports chosen at run time. It measures every target
 in the same run, interleaved (A B C A B C), and reports medians. Missing tools are named
 and their targets skipped. Everything it starts it stops by PID. Standard library only.
 Build rsp first: `cargo build --release --bins` (`make bench` does).
@@ -53,17 +59,26 @@ class Settings:
         # 5,000-idle-connection load needs more than proxy.lua's 256. Threads start on demand,
         # so a high limit costs nothing until connections arrive.
         self.rsp_workers = int(os.environ.get("BENCH_RSP_WORKERS", "6000"))
+        # Threads mode's floor: the lesson with the same design at its smallest (a fixed pool
+        # of threads, two blocking copies). Its pool must cover the most concurrent clients
+        # of a load that it runs (ab -c 100); the idle loads skip it (see `skips`).
+        self.lesson = int(os.environ.get("BENCH_LESSON", "5") or "0")
+        self.lesson_workers = int(os.environ.get("BENCH_LESSON_WORKERS", "256"))
+        # rsp-mio with a fixed loop count beside the default (one loop per CPU).
+        loops = os.environ.get("BENCH_MIO_LOOPS", "1").strip()
+        self.mio_loops = int(loops) if loops else None
 
 
 class Target:
     """One thing to measure: a port to send load to and the PID whose cost we read."""
 
-    def __init__(self, name, server, start=None):
+    def __init__(self, name, server, start=None, skips=()):
         self.name = name
         self.server = server
         self.start = start  # starts a fresh copy of the server; None for the backend
         self.is_proxy = start is not None
         self.cpu_before = 0.0  # CPU seconds used by copies stopped by `restart`
+        self.skips = skips  # prefixes of the load keys not run against it
 
     def restart(self):
         """A fresh process, so memory it kept from earlier loads does not hide new growth."""
@@ -126,6 +141,10 @@ def start_proxies(tmp, backend_port, settings, targets, notes):
     """Add every proxy that is installed and starts to `targets`; name the others in `notes`."""
     starters = [("HAProxy", start_haproxy), ("nginx", start_nginx),
                 ("rsp-threads", start_rsp), ("rsp-mio", start_rsp)]
+    if settings.mio_loops is not None:
+        starters.append((f"rsp-mio-{settings.mio_loops}", start_rsp))
+    if settings.lesson:
+        starters.append((lesson_name(settings), start_lesson))
     for name, start in starters:
         try:
             server = start(name, tmp, backend_port, settings)
@@ -134,7 +153,11 @@ def start_proxies(tmp, backend_port, settings, targets, notes):
             print(f"bench: skipping {name}: {e}", file=sys.stderr)  # the whole message
             continue
         again = functools.partial(start, name, tmp, backend_port, settings)
-        targets.append(Target(name, server, again))
+        # The lesson's pool is fixed, its threads made at start: memory per idle connection
+        # would be paid before the load and read as ~0, and holding 5,000 idle connections
+        # would take a 5,000-thread pool no one runs. Its idle figures are left out.
+        skips = ("idle",) if name == lesson_name(settings) else ()
+        targets.append(Target(name, server, again, skips))
 
 
 def start_haproxy(name, tmp, backend_port, settings):
@@ -165,8 +188,34 @@ def start_rsp(name, tmp, backend_port, settings):
         raise RuntimeError(f"{binary} not found (cargo build --release --bins)")
     mode = name.split("-")[1]
     text = procs.rsp_conf(backend_port, mode, settings.rsp_workers)
+    if name.count("-") == 2:  # rsp-mio-N
+        text += f"loops = {int(name.split('-')[2])}\n"
     conf = procs.write_conf(f"{tmp}/{name}.lua", text, name)
     server = procs.Server(name, [binary, conf], f"{tmp}/{name}.log")
+    server.wait_ready()
+    if not loads.fresh_request_ok(server.port, settings.small_path):
+        server.stop()
+        raise RuntimeError(f"{name} started but did not answer a request; log:\n{server.tail()}")
+    return server
+
+
+def lesson_name(settings):
+    return f"lesson-{settings.lesson}"
+
+
+def start_lesson(name, tmp, backend_port, settings):
+    """Lesson part N (`target/release/partN`): parts 1-2 take ports on the command line,
+    the later ones a Lua config with the blog's keys (and `workers`, the pool's size)."""
+    binary = f"{RELEASE}/part{settings.lesson}"
+    if not os.path.exists(binary):
+        raise RuntimeError(f"{binary} not found (cargo build --release --bins)")
+    if settings.lesson <= 2:
+        argv = [binary, "0", "127.0.0.1", str(backend_port)]
+    else:
+        text = (f'-- written by bench/bench.py\nlistenPort = "0"\nbackendAddress = "127.0.0.1"\n'
+                f'backendPort = "{backend_port}"\nworkers = {settings.lesson_workers}\n')
+        argv = [binary, procs.write_conf(f"{tmp}/{name}.lua", text, name)]
+    server = procs.Server(name, argv, f"{tmp}/{name}.log")
     server.wait_ready()
     if not loads.fresh_request_ok(server.port, settings.small_path):
         server.stop()
@@ -220,6 +269,8 @@ def measure_all(targets, settings):
     for r in range(settings.rounds):
         for key, what, run in load_list(settings):
             for t in targets:
+                if key.startswith(t.skips):
+                    continue
                 figures = measure_one(t, run, settings)
                 print(f"round {r + 1}/{settings.rounds}  {what:42} {t.name:12} {report.brief(figures)}",
                       flush=True)

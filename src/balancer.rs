@@ -8,7 +8,7 @@
 //! The balancer only decides; it never connects. Threads mode connects with a blocking
 //! `connect_timeout`, mio mode with a non-blocking connect, and both report back with
 //! [`Balancer::mark_down`] and [`Balancer::mark_up`]. It is shared by reference between
-//! threads (`&Balancer` is `Sync`), or used from one event loop.
+//! threads (`&Balancer` is `Sync`), or shared by the event loops.
 
 use std::io;
 use std::sync::Mutex;

@@ -29,7 +29,7 @@ use validate::Raw;
 pub enum Mode {
     /// A pool of worker threads, blocking copies (the default).
     Threads,
-    /// One event-loop thread with per-direction write queues.
+    /// Event loops (`loops` of them, one thread each) with per-direction write queues.
     Mio,
 }
 
@@ -79,6 +79,9 @@ pub struct Config {
     pub mode: Mode,
     /// Mio mode: bytes queued per direction before the source is paused.
     pub max_buffered: usize,
+    /// Mio mode: event loops, each on its own thread; the default is one per CPU this
+    /// process may use.
+    pub loops: usize,
 }
 
 impl Config {
@@ -97,8 +100,15 @@ impl Config {
             log_level: log::LevelFilter::Info,
             mode: Mode::Threads,
             max_buffered: 256 * 1024,
+            loops: default_loops(),
         }
     }
+}
+
+/// The default `loops`: the CPUs this process may use (`available_parallelism` reads the
+/// affinity mask and cgroup quota), or 1 if that cannot be told.
+pub fn default_loops() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// A config as read from a file: the settings, plus what `--check` and `main` report.
@@ -139,6 +149,7 @@ impl Loaded {
                 format!("\"{}\"", c.log_level.as_str().to_lowercase()),
             ),
             ("mode", format!("\"{}\"", c.mode.name())),
+            ("loops", c.loops.to_string()),
             ("max_buffered", c.max_buffered.to_string()),
         ];
         let mut out = String::new();

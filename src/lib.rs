@@ -19,7 +19,7 @@
 //! | running out of file descriptors: recognising it, the retry pace | [`fds`] |
 //! | how a connection ended, its one-line summary | [`outcome`] |
 //! | `mode = "threads"`: accept loop, worker pool, two blocking copies | [`threads`] |
-//! | `mode = "mio"`: one event loop for every connection (feature `mio`) | `event_loop` |
+//! | `mode = "mio"`: event loops, one per core, each for the connections it accepted (feature `mio`) | `event_loop` |
 //!
 //! The modes import from the shared modules, never from each other or from [`server`].
 //! The binary in `src/main.rs` only parses the command line, calls [`logging::init`] and

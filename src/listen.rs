@@ -1,5 +1,5 @@
-//! What both modes share about the listening socket: binding it (with a large backlog),
-//! the banner, the connection limit from the open-files limit, and what to do when
+//! What both modes share about the listening socket: binding it (with a large backlog;
+//! one socket per event loop in mio mode), the banner, the connection limit from the open-files limit, and what to do when
 //! `accept` fails.
 //!
 //! Threads mode ([`crate::threads`]) and mio mode (`crate::event_loop`) both import
@@ -43,19 +43,57 @@ pub fn announce(port: u16) {
 /// than std's 128. `SO_REUSEADDR` as std sets it: a restart can bind the port again
 /// while old connections are in TIME_WAIT.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let bind = || -> io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        // Urgent data (TCP `MSG_OOB`: telnet, FTP `ABOR`, rlogin) stays in the byte
-        // stream, in order, so rsp passes it on like any other byte instead of silently
-        // dropping it. Accepted sockets inherit the option from the listener (no syscall
-        // per client); backend sockets set it themselves.
-        socket.set_out_of_band_inline(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(LISTEN_BACKLOG)?;
-        Ok(socket.into())
+    bind(addr, false).map_err(|e| cannot_listen(addr, e))
+}
+
+/// Binds `n` listening sockets to one port with `SO_REUSEPORT`, one per event loop: the
+/// kernel then hands each new client to one of them (by a hash of its address and port),
+/// so the loops share the work without sharing a socket. `n == 1` is plain [`listen`].
+///
+/// With `SO_REUSEPORT` a second rsp started on the same port by the same user would join
+/// the group and silently take a share of the clients, where one socket would fail with
+/// "address in use". So the port is first bound without it, as a check that it is free
+/// (and, for port 0, to learn which port the OS chose); then that socket is closed and the
+/// group is bound to the port. (Another program could take the port in the microseconds
+/// between; then binding the group fails with "address in use", as it should.)
+pub fn listen_many(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
+    if n <= 1 {
+        return Ok(vec![listen(addr)?]);
+    }
+    let port = {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+            .and_then(|s| s.set_reuse_address(true).map(|()| s))
+            .and_then(|s| s.bind(&addr.into()).map(|()| s))
+            .map_err(|e| cannot_listen(addr, e))?;
+        let bound = probe.local_addr()?.as_socket();
+        bound.map_or(addr.port(), |a| a.port())
     };
-    bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let addr = SocketAddr::new(addr.ip(), port);
+    (0..n)
+        .map(|_| bind(addr, true).map_err(|e| cannot_listen(addr, e)))
+        .collect()
+}
+
+/// A listening socket on `addr`, in the `SO_REUSEPORT` group of that port if `reuse_port`.
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    // Urgent data (TCP `MSG_OOB`: telnet, FTP `ABOR`, rlogin) stays in the byte stream,
+    // in order, so rsp passes it on like any other byte instead of silently dropping it.
+    // Accepted sockets inherit the option from the listener (no syscall per client);
+    // backend sockets set it themselves.
+    socket.set_out_of_band_inline(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// `cannot listen on 127.0.0.1:80: Permission denied (os error 13)`, same kind as `e`.
+fn cannot_listen(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
 }
 
 /// Fds the connection limit leaves for everything else (a backend connect under way,
@@ -131,5 +169,29 @@ mod tests {
         let (accepted, _) = listener.accept().unwrap();
         // Inherited from the listener: no setsockopt per client.
         assert!(SockRef::from(&accepted).out_of_band_inline().unwrap());
+    }
+
+    #[test]
+    fn listen_many_binds_one_port_n_times() {
+        let listeners = listen_many("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(
+            ports[0] != 0 && ports.iter().all(|p| *p == ports[0]),
+            "{ports:?}"
+        );
+    }
+
+    #[test]
+    fn listen_many_refuses_a_port_in_use() {
+        // A port held by another group (a second rsp, say) is "in use", not shared.
+        let first = listen_many("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let taken = first[0].local_addr().unwrap();
+        let e = listen_many(taken, 2).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+        assert!(e.to_string().starts_with("cannot listen on"), "{e}");
     }
 }

@@ -120,6 +120,54 @@ pub fn log_drain_end(open: usize, cut: usize) {
     }
 }
 
+/// The drain of several event loops, logged as one: mio mode runs `loops` loops, each
+/// closing its own listening socket and draining its own connections, but the log says
+/// once that the process stopped accepting and once that it is done, as threads mode does.
+#[derive(Debug)]
+pub struct DrainLog {
+    /// The listeners still open; the drain's start is logged when the last one closes.
+    /// Only then is "no longer accepting" true (until then another loop still accepts).
+    listening: AtomicUsize,
+    /// Connections open when the drain's start was logged, and those cut at the timeout.
+    counts: Mutex<(usize, usize)>,
+}
+
+impl DrainLog {
+    /// For `loops` listeners.
+    pub fn new(loops: usize) -> DrainLog {
+        DrainLog {
+            listening: AtomicUsize::new(loops),
+            counts: Mutex::new((0, 0)),
+        }
+    }
+
+    /// One listener closed. If it was the last, logs the drain's start with `open()`
+    /// connections open in the whole process, each given up to `timeout`.
+    pub fn listener_closed(&self, open: impl FnOnce() -> usize, timeout: Duration) {
+        if self.listening.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let open = open();
+            self.lock().0 = open;
+            log_drain_start(open, timeout);
+        }
+    }
+
+    /// A loop cut `n` connections at the drain timeout.
+    pub fn cut(&self, n: usize) {
+        self.lock().1 += n;
+    }
+
+    /// Every loop is done: logs the drain's end.
+    pub fn finish(&self) {
+        let (open, cut) = *self.lock();
+        log_drain_end(open, cut);
+    }
+
+    /// The counts; a panic elsewhere while they were held cannot leave them half-written.
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Where to connect to reach a listener bound to `listen`: the same port, on loopback if
 /// the listener is bound to every interface (`0.0.0.0` or `::` cannot be connected to).
 pub fn wake_address(listen: SocketAddr) -> SocketAddr {
@@ -151,6 +199,28 @@ mod tests {
         assert!(s.begin());
         assert!(!s.begin());
         assert!(s.is_stopping());
+    }
+
+    #[test]
+    fn the_drain_starts_when_the_last_listener_closes() {
+        let drain = DrainLog::new(3);
+        let asked = AtomicUsize::new(0);
+        let open = || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            7
+        };
+        drain.listener_closed(open, Duration::from_secs(1));
+        drain.listener_closed(open, Duration::from_secs(1));
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            0,
+            "logged before every loop closed"
+        );
+        drain.listener_closed(open, Duration::from_secs(1));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        drain.cut(2);
+        drain.cut(1);
+        assert_eq!(*drain.lock(), (7, 3));
     }
 
     #[test]

@@ -18,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// The smallest valid config; cases below add a line to it.
 const VALID: &str = "listen = \"127.0.0.1:0\"\nbackends = { \"127.0.0.1:1\" }\n";
 /// Every key rsp knows, in the order `--check` prints them.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "listen",
     "backends",
     "workers",
@@ -29,6 +29,7 @@ const KEYS: [&str; 11] = [
     "drain_timeout",
     "log_level",
     "mode",
+    "loops",
     "max_buffered",
 ];
 
@@ -146,6 +147,11 @@ fn gives_error_messages_on_nonexistent_or_buggy_config_files() {
             "buffer_size: expected a whole number from 512",
         ),
         (
+            valid("loops = 0"),
+            "loops: expected a whole number from 1 to 1024",
+        ),
+        (valid("loops = 2.5"), "loops: expected a whole number"),
+        (
             valid("max_buffered = 1.5"),
             "max_buffered: expected a whole number",
         ),
@@ -215,7 +221,8 @@ fn a_broken_config_stops_rsp_before_it_listens() {
     assert_one_line_error(code, &output, "backends: missing");
 }
 
-/// The shipped `proxy.lua` is valid and sets every key.
+/// The shipped `proxy.lua` is valid and sets every key but `loops`, whose default (one
+/// per CPU) no number in a file can stand for.
 #[test]
 fn check_accepts_the_shipped_proxy_lua_and_prints_every_key() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.lua");
@@ -231,7 +238,7 @@ fn check_accepts_the_shipped_proxy_lua_and_prints_every_key() {
         let line = output.lines().find(|l| l.starts_with(&format!("{key} = ")));
         let line = line.unwrap_or_else(|| panic!("no line for {key} in:\n{output}"));
         assert!(
-            !line.contains("-- default"),
+            key == "loops" || !line.contains("-- default"),
             "shipped file sets {key}: {line}"
         );
     }
@@ -242,6 +249,7 @@ fn check_accepts_the_shipped_proxy_lua_and_prints_every_key() {
 fn check_marks_the_keys_left_out_as_defaults() {
     let (code, output) = check(VALID);
     assert_eq!(code, Some(0), "{output}");
+    let loops = rsp::config::default_loops().to_string(); // One per CPU: the machine's.
     for (key, value) in [
         ("workers", "256"),
         ("buffer_size", "65536"),
@@ -252,6 +260,7 @@ fn check_marks_the_keys_left_out_as_defaults() {
         ("log_level", "\"info\""),
         ("mode", "\"threads\""),
         ("max_buffered", "262144"),
+        ("loops", loops.as_str()),
     ] {
         let line = format!("{key} = {value}  -- default");
         assert!(

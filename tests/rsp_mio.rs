@@ -1,7 +1,9 @@
 //! rsp's `mode = "mio"`: what only the event loop promises. Everything threads mode does
-//! is checked in both modes by `tests/rsp.rs`; here: thousands of idle
-//! connections on one thread for a few KiB each, a slow reader that cannot make the proxy
-//! buffer a whole response, and no busy loop when rsp runs out of file descriptors.
+//! is checked in both modes by `tests/rsp.rs` (there with the default `loops`, one per
+//! CPU); here: thousands of idle connections on one thread for a few KiB each, a slow
+//! reader that cannot make the proxy buffer a whole response, no busy loop when rsp runs
+//! out of file descriptors, and with several loops: clients spread over them, and one
+//! Ctrl-C drain for all.
 #![cfg(feature = "mio")]
 
 mod common;
@@ -76,7 +78,7 @@ fn holds_2000_idle_connections_on_one_thread() {
         3 * N
     );
     let backend = counting_backend();
-    let proxy = Target::RspMio.start_with(&[backend.port], "connect_timeout = 10");
+    let proxy = Target::RspMio.start_with(&[backend.port], "connect_timeout = 10\nloops = 1");
     assert_eq!(round_trip(proxy.port, b"warm-up"), "got 7 bytes");
     let rss_before = proxy.rss_kib();
 
@@ -98,6 +100,94 @@ fn holds_2000_idle_connections_on_one_thread() {
         grown < 8 * N as u64,
         "RSS grew {grown} KiB for {N} connections"
     );
+}
+
+/// The loop ids in the `conn N: accepted from … on loop K` debug lines so far.
+fn loops_used(proxy: &Proxy) -> std::collections::BTreeSet<usize> {
+    proxy
+        .output()
+        .lines()
+        .filter(|l| l.contains(": accepted from "))
+        .filter_map(|l| l.rsplit("on loop ").next()?.trim().parse().ok())
+        .collect()
+}
+
+/// Waits (up to 10 s: a busy machine) until `n` accept lines are in the output.
+fn wait_for_accepts(proxy: &Proxy, n: usize) {
+    let count = |p: &Proxy| p.output().matches(": accepted from ").count();
+    assert!(
+        proxy.eventually(Duration::from_secs(10), |p| count(p) >= n),
+        "timed out after 10 s waiting for {n} accept lines; output:\n{}",
+        proxy.output()
+    );
+}
+
+/// With `loops = 4`, rsp runs four event-loop threads (plus the Ctrl-C handler's) and
+/// the kernel spreads 40 clients over more than one of them (`SO_REUSEPORT` picks a
+/// listener by a hash of the client's port: all 40 on one loop has odds of 4 in 4^40).
+#[test]
+fn several_loops_share_the_clients() {
+    const CLIENTS: usize = 40;
+    let backend = counting_backend();
+    let proxy = Target::RspMio.start_with(&[backend.port], "loops = 4\nlog_level = \"debug\"");
+    assert_eq!(proxy.threads(), 5, "4 loops plus the Ctrl-C handler thread");
+    for i in 0..CLIENTS {
+        let request = format!("request {i}");
+        let answer = round_trip(proxy.port, request.as_bytes());
+        assert_eq!(answer, format!("got {} bytes", request.len()));
+    }
+    wait_for_accepts(&proxy, CLIENTS);
+    let used = loops_used(&proxy);
+    assert!(used.len() > 1, "every client on loop(s) {used:?}");
+    assert!(used.iter().all(|&l| l < 4), "loop ids {used:?}");
+}
+
+/// Ctrl-C with connections open on several loops: every loop stops accepting, the port
+/// refuses new clients, every open connection is still served to its end, and the drain
+/// is logged once for the whole process (one start line, one end line, all counted).
+#[test]
+fn ctrl_c_drains_every_loop() {
+    const OPEN: usize = 12;
+    let backend = Backend::echo();
+    let extra = "loops = 4\nlog_level = \"debug\"\ndrain_timeout = 60";
+    let mut proxy = Target::RspMio.start_with(&[backend.port], extra);
+    let mut clients: Vec<TcpStream> = (0..OPEN).map(|_| connect(proxy.port)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let ping = format!("ping {i:02}");
+        client.write_all(ping.as_bytes()).unwrap();
+        let mut echo = [0u8; 7];
+        client.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, ping.as_bytes(), "client {i}");
+    }
+    wait_for_accepts(&proxy, OPEN);
+    let used = loops_used(&proxy);
+    assert!(used.len() > 1, "every client on loop(s) {used:?}");
+
+    proxy.signal("INT");
+    let line = proxy.wait_for_line("Shutting down", Duration::from_secs(10));
+    let line = line.unwrap_or_else(|| panic!("no drain start within 10 s: {}", proxy.output()));
+    assert!(
+        line.contains(&format!("for {OPEN} open connection(s)")),
+        "{line}"
+    );
+    assert!(
+        TcpStream::connect(local(proxy.port)).is_err(),
+        "a loop still accepts after Ctrl-C"
+    );
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let pong = format!("pong {i:02}");
+        client.write_all(pong.as_bytes()).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut rest = String::new();
+        client.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, pong, "client {i} during the drain");
+    }
+    let status = proxy.wait_exit(Duration::from_secs(30));
+    let output = proxy.output();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{output}");
+    assert_eq!(output.matches("Shutting down").count(), 1, "{output}");
+    let end = format!("All {OPEN} connection(s) drained; exiting.");
+    assert_eq!(output.matches(&end).count(), 1, "{output}");
 }
 
 /// The bytes the slow-reader backend sends: a 1 MiB + 13 block of random bytes, repeated
@@ -203,7 +293,10 @@ fn a_hanging_connect_times_out_without_stalling_the_loop() {
     let (hole, _fillers) = black_hole();
     let hole_port = hole.local_addr().unwrap().port();
     let good = Backend::hello();
-    let mut proxy = Target::RspMio.start_with(&[hole_port, good.port], "connect_timeout = 3");
+    // One loop: the test is about that loop not stalling, and with several the second
+    // client could be accepted first (on another loop) and take the black hole's turn.
+    let extra = "connect_timeout = 3\nloops = 1";
+    let mut proxy = Target::RspMio.start_with(&[hole_port, good.port], extra);
     // The first client is accepted first, so round robin sends it to the black hole.
     let started = Instant::now();
     let mut first = connect(proxy.port);

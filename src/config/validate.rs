@@ -47,7 +47,7 @@ fn shown(value: &Raw) -> String {
 }
 
 /// The keys rsp reads, in the order `--check` prints them.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "listen",
     "backends",
     "workers",
@@ -58,12 +58,16 @@ const KEYS: [&str; 11] = [
     "drain_timeout",
     "log_level",
     "mode",
+    "loops",
     "max_buffered",
 ];
 /// The blog's part-3 keys, still accepted so a reader's part-3 config runs unchanged.
 pub(super) const PART3_KEYS: [&str; 3] = ["listenPort", "backendAddress", "backendPort"];
 /// The longest timeout accepted, one year: larger values are surely a mistake.
 const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+/// The most event loops: far more than the cores of any machine rsp will meet; each loop
+/// is a thread and a listening socket.
+const MAX_LOOPS: u64 = 1024;
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// Checks every key in `values` (the globals a config set) and builds the [`Loaded`].
@@ -107,6 +111,9 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
         } else {
             Mode::Threads
         };
+    }
+    if let Some(n) = c.whole("loops", 1, MAX_LOOPS)? {
+        config.loops = n as usize;
     }
     if let Some(n) = c.whole("max_buffered", 1024, 1 << 30)? {
         config.max_buffered = n as usize;

@@ -6,10 +6,12 @@
 //! `accept` fails again at once, forever. Here any accept error other than an aborted
 //! connection takes the listener out of the poll set for [`ACCEPT_PAUSE`]; the clients
 //! wait in the kernel's backlog meanwhile. Which errors pause, and the log line (at most
-//! one per second), are shared with threads mode ([`accept_error_pauses`]).
+//! one per second for the process, whichever loop hits it), are shared with threads mode
+//! ([`accept_error_pauses`]).
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
@@ -26,8 +28,6 @@ pub struct Listener {
     token: Token,
     /// While paused after an error: when to poll the listener again.
     paused_until: Option<Instant>,
-    /// When an accept error was last logged.
-    last_logged: Option<Instant>,
 }
 
 impl Listener {
@@ -44,13 +44,19 @@ impl Listener {
             socket: Some(socket),
             token,
             paused_until: None,
-            last_logged: None,
         })
     }
 
     /// The next pending client, or `None` when there is none left for now (or accepting
-    /// is paused or closed). Call until `None`: the listener is edge-triggered.
-    pub fn accept(&mut self, registry: &Registry, now: Instant) -> Option<(TcpStream, SocketAddr)> {
+    /// is paused or closed). Call until `None`: the listener is edge-triggered. An error
+    /// is logged unless `last_logged` (shared by the loops) says one was less than a second
+    /// ago.
+    pub fn accept(
+        &mut self,
+        registry: &Registry,
+        last_logged: &Mutex<Option<Instant>>,
+        now: Instant,
+    ) -> Option<(TcpStream, SocketAddr)> {
         if self.paused_until.is_some() {
             return None;
         }
@@ -59,7 +65,7 @@ impl Listener {
             match result {
                 Ok(client) => return Some(client),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
-                Err(e) if accept_error_pauses(&e, &mut self.last_logged) => {
+                Err(e) if pauses(&e, last_logged) => {
                     self.pause(registry, now);
                     return None;
                 }
@@ -108,4 +114,10 @@ impl Listener {
             let _ = registry.deregister(&mut socket);
         }
     }
+}
+
+/// [`accept_error_pauses`] with the loops' shared "last logged" time.
+fn pauses(e: &io::Error, last_logged: &Mutex<Option<Instant>>) -> bool {
+    let mut last = last_logged.lock().unwrap_or_else(|e| e.into_inner());
+    accept_error_pauses(e, &mut last)
 }

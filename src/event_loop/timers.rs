@@ -9,8 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::shutdown;
-
 /// The shortest time between two scans of the connections for passed deadlines.
 pub const MIN_TICK: Duration = Duration::from_millis(100);
 
@@ -22,15 +20,6 @@ pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// The drain after Ctrl-C.
-#[derive(Debug, Clone, Copy)]
-struct Drain {
-    /// When the connections still open are cut.
-    deadline: Instant,
-    /// Connections open when it began.
-    open: usize,
-}
-
 /// The next scan and the drain.
 #[derive(Debug)]
 pub struct Timers {
@@ -38,8 +27,9 @@ pub struct Timers {
     next_scan: Option<Instant>,
     /// How long the drain may last (from the config).
     drain_timeout: Duration,
-    /// Set once Ctrl-C was seen.
-    drain: Option<Drain>,
+    /// Set once Ctrl-C was seen: when the connections still open are cut. (The drain's
+    /// log lines are the whole process's, [`crate::shutdown::DrainLog`].)
+    drain: Option<Instant>,
 }
 
 impl Timers {
@@ -70,8 +60,8 @@ impl Timers {
     /// How long `poll` may sleep: until the nearest of the next scan, the drain's end and
     /// `other` (the accept back-off). `None` = until an event comes.
     pub fn poll_timeout(&self, other: Option<Instant>, now: Instant) -> Option<Duration> {
-        let drain = self.drain.map(|d| d.deadline);
-        earliest(earliest(self.next_scan, drain), other).map(|t| t.saturating_duration_since(now))
+        earliest(earliest(self.next_scan, self.drain), other)
+            .map(|t| t.saturating_duration_since(now))
     }
 
     /// Whether the drain has begun.
@@ -79,30 +69,15 @@ impl Timers {
         self.drain.is_some()
     }
 
-    /// Ctrl-C: starts the drain of the `open` connections.
-    pub fn begin_drain(&mut self, open: usize, now: Instant) {
-        shutdown::log_drain_start(open, self.drain_timeout);
-        self.drain = Some(Drain {
-            deadline: now + self.drain_timeout,
-            open,
-        });
+    /// Ctrl-C: starts the drain; it lasts at most `drain_timeout`.
+    pub fn begin_drain(&mut self, now: Instant) {
+        self.drain = Some(now + self.drain_timeout);
     }
 
-    /// Whether the loop should end: every connection finished, or the drain time is up
-    /// (then the caller cuts the `open` ones left and calls [`Timers::log_drain_end`]).
+    /// Whether the loop should end: every connection finished (`open` is 0), or the drain
+    /// time is up (then the caller cuts the ones left).
     pub fn drain_over(&self, open: usize, now: Instant) -> bool {
-        let Some(drain) = self.drain else {
-            return false;
-        };
-        if open == 0 {
-            shutdown::log_drain_end(drain.open, 0);
-            return true;
-        }
-        now >= drain.deadline
-    }
-
-    /// Logs the end of a drain that had to cut `cut` connections.
-    pub fn log_drain_end(&self, cut: usize) {
-        shutdown::log_drain_end(self.drain.map_or(0, |d| d.open), cut);
+        self.drain
+            .is_some_and(|deadline| open == 0 || now >= deadline)
     }
 }
