@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use rlua::{Error as LuaError, HookTriggers, Lua, LuaOptions, Result as LuaResult, StdLib, Value};
@@ -214,13 +215,51 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 }
 
 /// Runs and checks config `source`; `file` names it in messages (normally its path).
+///
+/// Nothing in the file can make this take much longer than [`TIME_LIMIT`]: see
+/// [`run_lua_with_deadline`].
 pub fn parse(source: &[u8], file: &str) -> Result<Loaded, ConfigError> {
-    let globals = run_lua(source, file).map_err(|e| ConfigError::Lua(one_line(&e, file)))?;
+    let globals =
+        run_lua_with_deadline(source, file).map_err(|e| ConfigError::Lua(one_line(&e, file)))?;
     validate::build(file, &globals)
 }
 
 /// A config runs in well under a second; past this it is stuck in a loop.
 const TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// [`run_lua`] on a thread of its own, given [`TIME_LIMIT`] for everything: running the
+/// chunk, reading the globals and dropping the Lua state. If the time is up, the error
+/// comes back at once and the thread is left behind, stuck; the caller (`rsp` and
+/// `rsp --check`) then exits, which ends it.
+///
+/// The instruction hook in [`run_lua`] stops a plain endless loop with a Lua error, but
+/// three things escape it, so this watchdog is the guarantee and the hook only the polite
+/// first try: `pcall` catches the hook's error like any other and loops on; a `__gc`
+/// finalizer runs when the state is dropped, after the hook is gone; and one long call
+/// into C (`string.find` backtracking on a nasty pattern) never returns to Lua, where
+/// hooks run. Lua cannot be stopped from outside safely, so the thread is abandoned
+/// rather than killed. The Lua state is created on that thread: `rlua::Lua` is not
+/// `Send`, the plain values it returns are.
+fn run_lua_with_deadline(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
+    let (done, result) = std::sync::mpsc::channel();
+    let (source, name) = (source.to_vec(), file.to_string());
+    std::thread::Builder::new()
+        .name("config".into())
+        .spawn(move || {
+            // `run_lua` has dropped its Lua state (finalizers and all) before this send.
+            let _ = done.send(run_lua(&source, &name));
+        })
+        .map_err(LuaError::external)?;
+    match result.recv_timeout(TIME_LIMIT) {
+        Ok(globals) => globals,
+        Err(RecvTimeoutError::Timeout) => Err(LuaError::runtime(TIMEOUT_MESSAGE)),
+        // The thread ended without sending: it panicked (a bug in rsp or rlua).
+        Err(RecvTimeoutError::Disconnected) => Err(LuaError::runtime(
+            "rsp failed while reading the config (a bug; please report it)",
+        )),
+    }
+}
+
 /// Far more memory than any config needs, so a runaway config fails instead of swapping.
 const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 /// Base-library functions that read files; a config gets none (the C's had no libraries).
@@ -247,7 +286,7 @@ fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
         },
     );
     lua.load(source).set_name(format!("@{file}")).exec()?;
-    lua.remove_hook();
+    // The hook stays on while the globals are read: a metatable's `__index` can run Lua.
     let mut values = BTreeMap::new();
     for pair in lua.globals().pairs::<Value, Value>() {
         let (key, value) = pair?;
@@ -258,6 +297,8 @@ fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
             }
         }
     }
+    // Removed before the state is dropped: the drop runs finalizers with no Lua caller.
+    lua.remove_hook();
     Ok(values)
 }
 

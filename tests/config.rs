@@ -383,3 +383,46 @@ fn a_listen_address_in_use_is_a_one_line_error() {
     assert_one_line_error(code, &output, &format!("127.0.0.1:{port}"));
     assert!(output.starts_with("rsp: "), "{output}");
 }
+
+/// rsp's limit on how long a config may run (`TIME_LIMIT` in src/config.rs).
+const CONFIG_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs `hostile` (after a valid `listen` and `backends`) with `rsp --check` and with a
+/// plain `rsp`: each must exit 1 with the one time-limit line within the limit plus a
+/// second (the promise in the README), process start-up included.
+fn assert_stopped_in_time(hostile: &str) {
+    let path = temp_file("proxy.lua", &format!("{VALID}{hostile}\n"));
+    let path = path.to_str().unwrap();
+    let bound = CONFIG_TIME_LIMIT + Duration::from_secs(1);
+    for args in [vec!["--check", path], vec![path]] {
+        let started = Instant::now();
+        // `run_to_exit` kills rsp and fails with "did not exit within 6s" if it hangs.
+        let (code, output) = run_to_exit(RSP, &args, bound);
+        let took = started.elapsed();
+        assert!(
+            took <= bound,
+            "rsp {args:?} took {took:?}, more than {bound:?}"
+        );
+        assert_one_line_error(code, &output, "the config ran for more than 5 seconds");
+    }
+}
+
+/// `pcall` catches the instruction hook's error, so the hook alone cannot stop this loop.
+#[test]
+fn a_loop_that_catches_the_time_limit_error_is_still_stopped() {
+    assert_stopped_in_time("while true do pcall(function() while true do end end) end");
+}
+
+/// A finalizer runs when the Lua state is dropped, after the config has run.
+#[test]
+fn an_endless_finalizer_is_stopped() {
+    assert_stopped_in_time("setmetatable({}, {__gc = function() while true do end end})");
+}
+
+/// One long call into C (pattern backtracking): Lua's instruction hooks never run in C.
+#[test]
+fn an_endless_call_into_c_is_stopped() {
+    assert_stopped_in_time(
+        "string.find(string.rep(\"a\", 40), string.rep(\"a?\", 40) .. string.rep(\"a\", 40))",
+    );
+}
