@@ -60,7 +60,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Backends, chosen round-robin; never empty.
     pub backends: Vec<Backend>,
-    /// Threads mode: connections served at once.
+    /// Threads mode: connections served at once. Defaults to what the machine can hold
+    /// ([`crate::capacity::default_workers`]).
     pub workers: usize,
     /// Bytes per read in the copy loop. The default, 64 KiB, moved a 100 MiB download
     /// 1.3-1.4x faster than 16 KiB in both modes (fewer, larger reads and writes; 128 KiB
@@ -70,6 +71,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Close a connection with no bytes either way for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Close a client that has sent nothing for this long after it was accepted; `None` =
+    /// never. After its first byte only `idle_timeout` applies.
+    pub client_timeout: Option<Duration>,
     /// How long a backend that failed to connect is skipped.
     pub backend_retry: Duration,
     /// How long Ctrl-C waits for open connections.
@@ -84,15 +88,17 @@ pub struct Config {
 
 impl Config {
     /// A config for `listen` and `backends` with every other key at its default. This is
-    /// the one place the defaults are written down (the README's table repeats them).
+    /// the one place the defaults are written down (the README's table repeats them);
+    /// `workers` is measured from the machine ([`crate::capacity::default_workers`]).
     pub fn with_defaults(listen: SocketAddr, backends: Vec<Backend>) -> Config {
         Config {
             listen,
             backends,
-            workers: 256,
+            workers: crate::capacity::default_workers().workers,
             buffer_size: 64 * 1024,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Some(Duration::from_secs(300)),
+            client_timeout: Some(Duration::from_secs(30)),
             backend_retry: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             log_level: log::LevelFilter::Info,
@@ -113,6 +119,9 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// The keys the file did not set, whose values are defaults.
     pub defaulted: Vec<&'static str>,
+    /// Why the default `workers` is what it is (`open-files limit 20,000`), shown by
+    /// `--check` when the file did not set it.
+    pub workers_why: String,
 }
 
 impl Loaded {
@@ -133,6 +142,7 @@ impl Loaded {
             ("buffer_size", c.buffer_size.to_string()),
             ("connect_timeout", secs(c.connect_timeout)),
             ("idle_timeout", c.idle_timeout.map_or("0".into(), secs)),
+            ("client_timeout", c.client_timeout.map_or("0".into(), secs)),
             ("backend_retry", secs(c.backend_retry)),
             ("drain_timeout", secs(c.drain_timeout)),
             (
@@ -145,7 +155,9 @@ impl Loaded {
         let mut out = String::new();
         for (key, value) in lines {
             out += &format!("{key} = {value}");
-            if self.defaulted.contains(&key) {
+            if key == "workers" && self.defaulted.contains(&key) {
+                out += &format!("  -- default: {}", self.workers_why);
+            } else if self.defaulted.contains(&key) {
                 out += "  -- default";
             } else if key == "backends" {
                 let addrs: Vec<String> = c.backends.iter().map(|b| b.addr.to_string()).collect();

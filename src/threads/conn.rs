@@ -92,6 +92,17 @@ impl Connection {
         idle
     }
 
+    /// Cuts the connection with [`Outcome::ClientTimeout`] if the client has sent nothing
+    /// (no byte passed on to the backend) within `limit` of being accepted; returns
+    /// whether it did. The registry's idle check calls this for every connection.
+    pub fn cut_if_silent(&self, limit: Duration) -> bool {
+        let silent = self.up.load(Ordering::Relaxed) == 0 && self.started.elapsed() >= limit;
+        if silent {
+            self.cut(Outcome::ClientTimeout);
+        }
+        silent
+    }
+
     /// Adds `n` bytes to the client → backend count (`up = true`) or the other one.
     pub fn count(&self, up: bool, n: u64) {
         let counter = if up { &self.up } else { &self.down };

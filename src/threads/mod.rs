@@ -55,6 +55,7 @@ pub fn run(config: Config) -> io::Result<()> {
     let relay = RelaySettings {
         buffer_size: config.buffer_size,
         idle_timeout: config.idle_timeout,
+        client_timeout: config.client_timeout,
     };
     let ctx = Context {
         balancer: Balancer::new(config.backends.clone(), config.backend_retry),
@@ -66,8 +67,8 @@ pub fn run(config: Config) -> io::Result<()> {
         worker::serve(&ctx, job)
     })?;
     let registry = Registry::new();
-    if let (Some(limit), Some(tick)) = (relay.idle_timeout, relay.tick()) {
-        registry.start_idle_check(limit, tick)?;
+    if let Some(tick) = relay.tick() {
+        registry.start_idle_check(relay.idle_timeout, relay.client_timeout, tick)?;
     }
     let limit = connection_limit();
     announce(local.port());
