@@ -321,9 +321,17 @@ def method(settings):
         "never sees the connection: \"held\" shows how many really arrived.", "",
         "HAProxy 2.6 runs `mode tcp` with its default thread count (2 here); nginx runs the "
         "`stream` module with 1 worker; rsp runs `mode = \"threads\"` with "
-        f"`workers = {settings.rsp_workers}` and `mode = \"mio\"`, both with `log_level = "
+        f"{rsp_workers_text(settings)} and `mode = \"mio\"`, both with `log_level = "
         "\"warn\"`. Each round runs every load against every target in turn (A B C A B C).",
     ]
+
+
+def rsp_workers_text(settings):
+    """How threads mode's `workers` was set, for the notes."""
+    if settings.rsp_workers is not None:
+        return f"`workers = {settings.rsp_workers}`"
+    shown = settings.rsp_workers_shown or "workers = ? (rsp --check failed)"
+    return f"`workers` unset (`rsp --check`: `{shown}`)"
 
 
 def write_all(root, results, names, settings, notes, machine):
