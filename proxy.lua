@@ -3,7 +3,8 @@
 --
 -- This is a Lua file, run once at start with only Lua's string, table and math
 -- libraries (no os, no io). Only `listen` and `backends` are required; every other
--- line below shows its default. The blog's part-3 keys (listenPort, backendAddress,
+-- line below shows its default (`workers` is measured from the machine, so it is left
+-- commented out). The blog's part-3 keys (listenPort, backendAddress,
 -- backendPort) also work, but not mixed with listen/backends.
 
 -- Where clients connect, as "host:port". Port 0 lets the OS choose one (rsp prints it
@@ -22,8 +23,13 @@ mode = "threads"
 -- a file cannot know; `loops = 1` is a single loop.
 -- loops = 2
 
--- Threads mode: how many connections are served at once; more clients wait their turn.
-workers = 256
+-- Threads mode: how many connections are served at once; more clients wait their turn
+-- in the listen backlog (the log says so). Left unset, it is what this machine can hold:
+-- the smallest of the open-files limit at 2 fds per connection, the thread limits
+-- (threads-max, pid_max, ulimit -u) at 2 threads per connection, and available memory
+-- at ~20 KiB per idle connection. `rsp --check` shows the number and which limit it came
+-- from. Set it only to cap rsp lower; below 256, --check warns.
+-- workers = 9989    -- e.g. with `ulimit -n` 20000: "default: open-files limit 20,000"
 
 -- Bytes read at a time when copying between client and backend.
 buffer_size = 65536
@@ -35,6 +41,9 @@ max_buffered = 262144
 -- Timeouts, in seconds (fractions such as 0.5 are fine).
 connect_timeout = 2    -- how long connecting to a backend may take
 idle_timeout = 300     -- close a connection quiet in both directions this long; 0 = never
+client_timeout = 30    -- close a client that sent nothing this long after connecting
+                       -- (so silent clients cannot hold every worker); 0 = never. Only
+                       -- before its first byte: after that, idle_timeout applies.
 backend_retry = 10     -- how long a backend that refused a connection is skipped
 drain_timeout = 10     -- on Ctrl-C, how long to wait for open connections to finish
 

@@ -5,7 +5,8 @@
     python3 bench/bench.py --quick    # smoke test (or BENCH_QUICK=1): 1 short round,
                                       # writes target/bench-quick/ instead
     BENCH_RSP_ROOT=DIR ...            # measure DIR/target/release/rsp (another checkout)
-    BENCH_RSP_WORKERS=N ...           # rsp's threads-mode `workers` (default 6000)
+    BENCH_RSP_WORKERS=N ...           # set rsp's threads-mode `workers` (default: unset,
+                                      # so rsp sizes its pool from the machine's limits)
     BENCH_LESSON=N ...                # which lesson is threads mode's floor (default 5,
                                       # the worker-pool lesson; 0 = none)
     BENCH_LESSON_WORKERS=N ...        # the lesson's fixed pool (default 256)
@@ -55,10 +56,15 @@ class Settings:
         self.ab_c_author = 2000 if quick else 100000
         self.bulk_repeats = 1 if quick else 5
         self.idle_counts = (1000,) if quick else (1000, 5000)
-        # Threads mode serves `workers` connections at once (like HAProxy's maxconn); the
-        # 5,000-idle-connection load needs more than proxy.lua's 256. Threads start on demand,
-        # so a high limit costs nothing until connections arrive.
-        self.rsp_workers = int(os.environ.get("BENCH_RSP_WORKERS", "6000"))
+        # Threads mode serves `workers` connections at once (like HAProxy's maxconn). Left
+        # unset, rsp derives it from the machine (open files, thread limits, memory: ~9,990
+        # with a 20,000 open-files limit), enough for the 5,000-idle-connection load; the
+        # bench measures that default. Threads start on demand, so a high limit costs
+        # nothing until connections arrive. The idle loads hold their connections for 10 s
+        # at most, well inside rsp's default `client_timeout` (30 s), so it stays on.
+        workers = os.environ.get("BENCH_RSP_WORKERS")
+        self.rsp_workers = int(workers) if workers else None
+        self.rsp_workers_shown = None  # the `workers = …` line of `rsp --check`
         # Threads mode's floor: the lesson with the same design at its smallest (a fixed pool
         # of threads, two blocking copies). Its pool must cover the most concurrent clients
         # of a load that it runs (ab -c 100); the idle loads skip it (see `skips`).
@@ -191,6 +197,9 @@ def start_rsp(name, tmp, backend_port, settings):
     if name.count("-") == 2:  # rsp-mio-N
         text += f"loops = {int(name.split('-')[2])}\n"
     conf = procs.write_conf(f"{tmp}/{name}.lua", text, name)
+    if mode == "threads" and settings.rsp_workers_shown is None:
+        settings.rsp_workers_shown = procs.rsp_workers_line(binary, conf)
+        print(f"rsp-threads: {settings.rsp_workers_shown}")
     server = procs.Server(name, [binary, conf], f"{tmp}/{name}.log")
     server.wait_ready()
     if not loads.fresh_request_ok(server.port, settings.small_path):

@@ -158,13 +158,21 @@ backend backend
 
 
 def rsp_conf(backend_port, mode, workers):
+    """rsp's config; `workers` None leaves it to rsp's machine-derived default."""
+    workers_line = "" if workers is None else f"workers = {workers}\n"
     return f"""-- written by bench/bench.py
 listen = "127.0.0.1:0"
 backends = {{ "127.0.0.1:{backend_port}" }}
 mode = "{mode}"
-workers = {workers}
-log_level = "warn"
+{workers_line}log_level = "warn"
 """
+
+
+def rsp_workers_line(binary, conf):
+    """The `workers = …` line `rsp --check` prints for `conf` (with why, if a default)."""
+    out = subprocess.run([binary, "--check", conf], capture_output=True, text=True,
+                         timeout=30).stdout
+    return next((l for l in out.splitlines() if l.startswith("workers = ")), "workers = ?")
 
 
 def check_loopback_only(text, name):

@@ -342,7 +342,7 @@ def method(settings):
         "never sees the connection: \"held\" shows how many really arrived.", "",
         "HAProxy 2.6 runs `mode tcp` with its default thread count (2 here); nginx runs the "
         "`stream` module with 1 worker; rsp runs `mode = \"threads\"` with "
-        f"`workers = {settings.rsp_workers}` and `mode = \"mio\"` with the default `loops` "
+        f"{rsp_workers_text(settings)} and `mode = \"mio\"` with the default `loops` "
         "(one per CPU)" + (f" and, as rsp-mio-{settings.mio_loops}, with `loops = "
                            f"{settings.mio_loops}`" if settings.mio_loops is not None else "")
         + ", all with `log_level = \"warn\"`. "
@@ -362,6 +362,14 @@ def why_these_ratios(names):
         "nothing else), because that design, not rsp, sets its ceiling: every request wakes "
         "two threads, so the fair question is what rsp's features cost over the bare design. "
         "Mio mode is an event loop per core like HAProxy's, so HAProxy is the bar for it."]
+
+
+def rsp_workers_text(settings):
+    """How threads mode's `workers` was set, for the notes."""
+    if settings.rsp_workers is not None:
+        return f"`workers = {settings.rsp_workers}`"
+    shown = settings.rsp_workers_shown or "workers = ? (rsp --check failed)"
+    return f"`workers` unset (`rsp --check`: `{shown}`)"
 
 
 def write_all(root, results, names, settings, notes, machine):

@@ -89,6 +89,9 @@ fn load_config(path: &str) -> Result<Config, String> {
     // We read the file ourselves; the C's `luaL_dofile` said "cannot open" as well.
     let source = fs::read(path)
         .map_err(|e| format!("Error parsing config file: cannot open {path}: {e}"))?;
+    // No time limit here, as in the C: a config that never ends (a loop, a `__gc`
+    // finalizer) keeps the lesson from starting, and Ctrl-C ends it; it is the reader's
+    // own file. rsp, which must never hang, runs its config under a watchdog (src/config.rs).
     // The "@" makes Lua name the file in its messages (`path:3: ...`); text mode refuses
     // precompiled bytecode, which could crash Lua; `exec` runs the chunk.
     lua.load(&source)

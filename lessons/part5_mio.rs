@@ -81,6 +81,7 @@ fn load_config(path: &str) -> Result<Config, String> {
         .map_err(|e| format!("Cannot start Lua: {e}"))?;
     let source = fs::read(path)
         .map_err(|e| format!("Error parsing config file: cannot open {path}: {e}"))?;
+    // No time limit, as in parts 3 and 4 (why: see there).
     lua.load(&source)
         .set_name(format!("@{path}"))
         .set_mode(ChunkMode::Text)

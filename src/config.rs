@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use rlua::{Error as LuaError, HookTriggers, Lua, LuaOptions, Result as LuaResult, StdLib, Value};
@@ -59,7 +60,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Backends, chosen round-robin; never empty.
     pub backends: Vec<Backend>,
-    /// Threads mode: connections served at once.
+    /// Threads mode: connections served at once. Defaults to what the machine can hold
+    /// ([`crate::capacity::default_workers`]).
     pub workers: usize,
     /// Bytes per read in the copy loop. The default, 64 KiB, moved a 100 MiB download
     /// 1.3-1.4x faster than 16 KiB in both modes (fewer, larger reads and writes; 128 KiB
@@ -69,6 +71,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Close a connection with no bytes either way for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Close a client that has sent nothing for this long after it was accepted; `None` =
+    /// never. After its first byte only `idle_timeout` applies.
+    pub client_timeout: Option<Duration>,
     /// How long a backend that failed to connect is skipped.
     pub backend_retry: Duration,
     /// How long Ctrl-C waits for open connections.
@@ -86,15 +91,17 @@ pub struct Config {
 
 impl Config {
     /// A config for `listen` and `backends` with every other key at its default. This is
-    /// the one place the defaults are written down (the README's table repeats them).
+    /// the one place the defaults are written down (the README's table repeats them);
+    /// `workers` is measured from the machine ([`crate::capacity::default_workers`]).
     pub fn with_defaults(listen: SocketAddr, backends: Vec<Backend>) -> Config {
         Config {
             listen,
             backends,
-            workers: 256,
+            workers: crate::capacity::default_workers().workers,
             buffer_size: 64 * 1024,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Some(Duration::from_secs(300)),
+            client_timeout: Some(Duration::from_secs(30)),
             backend_retry: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             log_level: log::LevelFilter::Info,
@@ -122,6 +129,9 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// The keys the file did not set, whose values are defaults.
     pub defaulted: Vec<&'static str>,
+    /// Why the default `workers` is what it is (`open-files limit 20,000`), shown by
+    /// `--check` when the file did not set it.
+    pub workers_why: String,
 }
 
 impl Loaded {
@@ -142,6 +152,7 @@ impl Loaded {
             ("buffer_size", c.buffer_size.to_string()),
             ("connect_timeout", secs(c.connect_timeout)),
             ("idle_timeout", c.idle_timeout.map_or("0".into(), secs)),
+            ("client_timeout", c.client_timeout.map_or("0".into(), secs)),
             ("backend_retry", secs(c.backend_retry)),
             ("drain_timeout", secs(c.drain_timeout)),
             (
@@ -155,7 +166,9 @@ impl Loaded {
         let mut out = String::new();
         for (key, value) in lines {
             out += &format!("{key} = {value}");
-            if self.defaulted.contains(&key) {
+            if key == "workers" && self.defaulted.contains(&key) {
+                out += &format!("  -- default: {}", self.workers_why);
+            } else if self.defaulted.contains(&key) {
                 out += "  -- default";
             } else if key == "backends" {
                 let addrs: Vec<String> = c.backends.iter().map(|b| b.addr.to_string()).collect();
@@ -225,13 +238,51 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 }
 
 /// Runs and checks config `source`; `file` names it in messages (normally its path).
+///
+/// Nothing in the file can make this take much longer than [`TIME_LIMIT`]: see
+/// [`run_lua_with_deadline`].
 pub fn parse(source: &[u8], file: &str) -> Result<Loaded, ConfigError> {
-    let globals = run_lua(source, file).map_err(|e| ConfigError::Lua(one_line(&e, file)))?;
+    let globals =
+        run_lua_with_deadline(source, file).map_err(|e| ConfigError::Lua(one_line(&e, file)))?;
     validate::build(file, &globals)
 }
 
 /// A config runs in well under a second; past this it is stuck in a loop.
 const TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// [`run_lua`] on a thread of its own, given [`TIME_LIMIT`] for everything: running the
+/// chunk, reading the globals and dropping the Lua state. If the time is up, the error
+/// comes back at once and the thread is left behind, stuck; the caller (`rsp` and
+/// `rsp --check`) then exits, which ends it.
+///
+/// The instruction hook in [`run_lua`] stops a plain endless loop with a Lua error, but
+/// three things escape it, so this watchdog is the guarantee and the hook only the polite
+/// first try: `pcall` catches the hook's error like any other and loops on; a `__gc`
+/// finalizer runs when the state is dropped, after the hook is gone; and one long call
+/// into C (`string.find` backtracking on a nasty pattern) never returns to Lua, where
+/// hooks run. Lua cannot be stopped from outside safely, so the thread is abandoned
+/// rather than killed. The Lua state is created on that thread: `rlua::Lua` is not
+/// `Send`, the plain values it returns are.
+fn run_lua_with_deadline(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
+    let (done, result) = std::sync::mpsc::channel();
+    let (source, name) = (source.to_vec(), file.to_string());
+    std::thread::Builder::new()
+        .name("config".into())
+        .spawn(move || {
+            // `run_lua` has dropped its Lua state (finalizers and all) before this send.
+            let _ = done.send(run_lua(&source, &name));
+        })
+        .map_err(LuaError::external)?;
+    match result.recv_timeout(TIME_LIMIT) {
+        Ok(globals) => globals,
+        Err(RecvTimeoutError::Timeout) => Err(LuaError::runtime(TIMEOUT_MESSAGE)),
+        // The thread ended without sending: it panicked (a bug in rsp or rlua).
+        Err(RecvTimeoutError::Disconnected) => Err(LuaError::runtime(
+            "rsp failed while reading the config (a bug; please report it)",
+        )),
+    }
+}
+
 /// Far more memory than any config needs, so a runaway config fails instead of swapping.
 const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 /// Base-library functions that read files; a config gets none (the C's had no libraries).
@@ -258,7 +309,7 @@ fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
         },
     );
     lua.load(source).set_name(format!("@{file}")).exec()?;
-    lua.remove_hook();
+    // The hook stays on while the globals are read: a metatable's `__index` can run Lua.
     let mut values = BTreeMap::new();
     for pair in lua.globals().pairs::<Value, Value>() {
         let (key, value) = pair?;
@@ -269,6 +320,8 @@ fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
             }
         }
     }
+    // Removed before the state is dropped: the drop runs finalizers with no Lua caller.
+    lua.remove_hook();
     Ok(values)
 }
 

@@ -14,6 +14,7 @@
 //! | timestamped log lines | [`logging`] |
 //! | picking the mode from the config | [`server`] |
 //! | the listening socket, banner, connection limit, accept errors | [`listen`] |
+//! | what the machine can hold: the open-files limit, the default `workers` | [`capacity`] |
 //! | Ctrl-C / SIGTERM flag, waking a blocked loop, the drain's log lines | [`shutdown`] |
 //! | round-robin backends, skipping those that failed | [`balancer`] |
 //! | running out of file descriptors: recognising it, the retry pace | [`fds`] |
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod balancer;
+pub mod capacity;
 pub mod config;
 #[cfg(feature = "mio")]
 pub mod event_loop;

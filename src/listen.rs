@@ -96,26 +96,9 @@ fn cannot_listen(addr: SocketAddr, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
 }
 
-/// Fds the connection limit leaves for everything else (a backend connect under way,
-/// a log file, the Ctrl-C wake-up connection).
-const SPARE_FDS: usize = 16;
-
-/// How many connections fit in this process's open-files limit (`ulimit -n`): each
-/// holds two fds (client and backend), after the fds open now and `SPARE_FDS`. Both
-/// modes stop accepting at this limit, so no client is accepted without an fd left for
-/// its backend; new clients wait in the listen backlog until a connection closes.
-/// `None` if `/proc` cannot tell: running out then shows as accept or connect errors,
-/// which are handled too.
-pub fn connection_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    // "Max open files            20000                20000                files"
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft: usize = line.split_whitespace().nth(3)?.parse().ok()?; // or "unlimited"
-    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
-    let limit = (soft.saturating_sub(open + SPARE_FDS) / 2).max(1);
-    log::debug!("Connection limit: {limit} (open-files limit {soft}, {open} fds open)");
-    Some(limit)
-}
+/// How many connections fit in the open-files limit; both modes stop accepting there.
+/// It lives with the machine's other limits, in [`crate::capacity`].
+pub use crate::capacity::connection_limit;
 
 /// Logs reaching the connection limit (`reached`) or getting below it again; both modes.
 pub fn log_connection_limit(max: usize, reached: bool) {

@@ -18,6 +18,8 @@ pub enum Outcome {
     BackendReset,
     /// No byte moved in either direction for `idle_timeout`.
     IdleTimeout,
+    /// The client sent nothing for `client_timeout` after it was accepted.
+    ClientTimeout,
     /// No backend accepted the connection.
     ConnectFailed,
     /// Ctrl-C's drain timeout ran out while the connection was still open.
@@ -34,6 +36,7 @@ impl Outcome {
             Outcome::ClientReset => "client reset",
             Outcome::BackendReset => "backend reset",
             Outcome::IdleTimeout => "idle timeout",
+            Outcome::ClientTimeout => "client timeout",
             Outcome::ConnectFailed => "connect failed",
             Outcome::Shutdown => "shutdown",
             Outcome::InternalError => "internal error",
@@ -50,6 +53,7 @@ impl Outcome {
             Outcome::ConnectFailed => 5,
             Outcome::Shutdown => 6,
             Outcome::InternalError => 7,
+            Outcome::ClientTimeout => 8,
         }
     }
 
@@ -63,6 +67,7 @@ impl Outcome {
             5 => Outcome::ConnectFailed,
             6 => Outcome::Shutdown,
             7 => Outcome::InternalError,
+            8 => Outcome::ClientTimeout,
             _ => return None,
         })
     }
@@ -158,7 +163,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 1..=7 {
+        for code in 1..=8 {
             let outcome = Outcome::from_code(code).unwrap();
             assert_eq!(outcome.to_code(), code);
         }

@@ -18,13 +18,14 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// The smallest valid config; cases below add a line to it.
 const VALID: &str = "listen = \"127.0.0.1:0\"\nbackends = { \"127.0.0.1:1\" }\n";
 /// Every key rsp knows, in the order `--check` prints them.
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "listen",
     "backends",
     "workers",
     "buffer_size",
     "connect_timeout",
     "idle_timeout",
+    "client_timeout",
     "backend_retry",
     "drain_timeout",
     "log_level",
@@ -221,8 +222,9 @@ fn a_broken_config_stops_rsp_before_it_listens() {
     assert_one_line_error(code, &output, "backends: missing");
 }
 
-/// The shipped `proxy.lua` is valid and sets every key but `loops`, whose default (one
-/// per CPU) no number in a file can stand for.
+/// The shipped `proxy.lua` is valid and sets every key but `loops` (one per CPU) and
+/// `workers` (measured from the machine), whose defaults no number in a file can stand
+/// for (the file shows them commented out).
 #[test]
 fn check_accepts_the_shipped_proxy_lua_and_prints_every_key() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.lua");
@@ -237,6 +239,10 @@ fn check_accepts_the_shipped_proxy_lua_and_prints_every_key() {
     for key in KEYS {
         let line = output.lines().find(|l| l.starts_with(&format!("{key} = ")));
         let line = line.unwrap_or_else(|| panic!("no line for {key} in:\n{output}"));
+        if key == "workers" {
+            assert!(line.contains("  -- default: "), "{line}");
+            continue;
+        }
         assert!(
             key == "loops" || !line.contains("-- default"),
             "shipped file sets {key}: {line}"
@@ -251,10 +257,10 @@ fn check_marks_the_keys_left_out_as_defaults() {
     assert_eq!(code, Some(0), "{output}");
     let loops = rsp::config::default_loops().to_string(); // One per CPU: the machine's.
     for (key, value) in [
-        ("workers", "256"),
         ("buffer_size", "65536"),
         ("connect_timeout", "2"),
         ("idle_timeout", "300"),
+        ("client_timeout", "30"),
         ("backend_retry", "10"),
         ("drain_timeout", "10"),
         ("log_level", "\"info\""),
@@ -269,18 +275,46 @@ fn check_marks_the_keys_left_out_as_defaults() {
         );
     }
     assert!(output.contains("listen = \"127.0.0.1:0\"\n"), "{output}");
+    // The machine-derived default says where it came from (tests/faults.rs checks the
+    // number): "workers = 9989  -- default: open-files limit 20,000, 2 fds per connection".
+    let workers = output
+        .lines()
+        .find(|l| l.starts_with("workers = "))
+        .unwrap();
+    assert!(workers.contains("  -- default: "), "{workers}");
+}
+
+/// A small explicit `workers` is used, with a warning: that many silent clients take the
+/// whole pool. Not in mio mode, where `workers` means nothing.
+#[test]
+fn a_small_worker_pool_is_used_with_a_warning() {
+    let (code, output) = check(&format!("{VALID}workers = 8\n"));
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.lines().any(|l| l == "workers = 8"), "{output}");
+    assert!(
+        output.contains(".lua: warning: workers = 8 is low: 8 clients that send nothing"),
+        "{output}"
+    );
+    let (_, output) = check(&format!("{VALID}workers = 256\n"));
+    assert!(!output.contains("warning"), "{output}");
+    if cfg!(feature = "mio") {
+        let (_, output) = check(&format!("{VALID}workers = 8\nmode = \"mio\"\n"));
+        assert!(!output.contains("warning"), "{output}");
+    }
 }
 
 /// Values that were set are shown as set, fractions of seconds included.
 #[test]
 fn check_shows_the_values_that_were_set() {
-    let extra = "workers = 8\nconnect_timeout = 0.5\nidle_timeout = 0\nlog_level = \"debug\"\n";
+    let extra = "workers = 300\nconnect_timeout = 0.5\nidle_timeout = 0\nclient_timeout = 0\n\
+                 log_level = \"debug\"\n";
     let (code, output) = check(&format!("{VALID}{extra}"));
     assert_eq!(code, Some(0), "{output}");
     for line in [
-        "workers = 8",
+        "workers = 300",
         "connect_timeout = 0.5",
         "idle_timeout = 0",
+        "client_timeout = 0",
         "log_level = \"debug\"",
     ] {
         assert!(
@@ -321,7 +355,11 @@ fn warns_about_unknown_keys_with_a_suggestion() {
         output.contains("warning: unknown key 'banana' (ignored)"),
         "{output}"
     );
-    assert!(output.contains("workers = 256  -- default"), "{output}");
+    let workers = output
+        .lines()
+        .find(|l| l.starts_with("workers = "))
+        .unwrap();
+    assert!(workers.contains("  -- default: "), "{output}");
 }
 
 /// `mode = "mio"` needs the `mio` feature; without it the error names the feature.
@@ -391,4 +429,47 @@ fn a_listen_address_in_use_is_a_one_line_error() {
     let (code, output) = run_to_exit(RSP, &[path.to_str().unwrap()], TIMEOUT);
     assert_one_line_error(code, &output, &format!("127.0.0.1:{port}"));
     assert!(output.starts_with("rsp: "), "{output}");
+}
+
+/// rsp's limit on how long a config may run (`TIME_LIMIT` in src/config.rs).
+const CONFIG_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs `hostile` (after a valid `listen` and `backends`) with `rsp --check` and with a
+/// plain `rsp`: each must exit 1 with the one time-limit line within the limit plus a
+/// second (the promise in the README), process start-up included.
+fn assert_stopped_in_time(hostile: &str) {
+    let path = temp_file("proxy.lua", &format!("{VALID}{hostile}\n"));
+    let path = path.to_str().unwrap();
+    let bound = CONFIG_TIME_LIMIT + Duration::from_secs(1);
+    for args in [vec!["--check", path], vec![path]] {
+        let started = Instant::now();
+        // `run_to_exit` kills rsp and fails with "did not exit within 6s" if it hangs.
+        let (code, output) = run_to_exit(RSP, &args, bound);
+        let took = started.elapsed();
+        assert!(
+            took <= bound,
+            "rsp {args:?} took {took:?}, more than {bound:?}"
+        );
+        assert_one_line_error(code, &output, "the config ran for more than 5 seconds");
+    }
+}
+
+/// `pcall` catches the instruction hook's error, so the hook alone cannot stop this loop.
+#[test]
+fn a_loop_that_catches_the_time_limit_error_is_still_stopped() {
+    assert_stopped_in_time("while true do pcall(function() while true do end end) end");
+}
+
+/// A finalizer runs when the Lua state is dropped, after the config has run.
+#[test]
+fn an_endless_finalizer_is_stopped() {
+    assert_stopped_in_time("setmetatable({}, {__gc = function() while true do end end})");
+}
+
+/// One long call into C (pattern backtracking): Lua's instruction hooks never run in C.
+#[test]
+fn an_endless_call_into_c_is_stopped() {
+    assert_stopped_in_time(
+        "string.find(string.rep(\"a\", 40), string.rep(\"a?\", 40) .. string.rep(\"a\", 40))",
+    );
 }

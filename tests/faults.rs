@@ -1374,3 +1374,220 @@ fn mangled_configs_give_one_line_errors_never_panics() {
     }
     println!("200 mangled configs: {ok} accepted, {errors} one-line errors, {skipped} skipped");
 }
+
+// ---------------------------------------------------------------------------------------
+// Silent clients (issue 13): the shipped config's values, a machine-sized pool
+// ---------------------------------------------------------------------------------------
+
+/// The shipped `proxy.lua` without its `listen`, `backends` and `mode` lines (the tests
+/// set those), then `extra`: the settings a user who starts from that file runs with.
+fn shipped_settings(extra: &str) -> String {
+    let shipped = include_str!("../proxy.lua");
+    let kept: Vec<&str> = shipped
+        .lines()
+        .filter(|l| {
+            !["listen", "backends", "mode"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    format!("{}\n{extra}\n", kept.join("\n"))
+}
+
+/// 600 clients connect and send nothing (an unfriendly laptop); a fresh request must
+/// still be answered within 3 s. With the shipped settings threads mode's pool is sized
+/// from the machine (thousands of workers here), so the silent clients hold 600 of them
+/// and the rest serve; the old fixed 256 let them take every worker, and the fresh
+/// request waited for the idle timeout (300 s).
+#[test]
+fn six_hundred_silent_clients_do_not_keep_a_fresh_request_waiting() {
+    const SILENT: usize = 600;
+    for target in Target::rsp_modes() {
+        let backend = Backend::hello();
+        let proxy = target.start_with(&[backend.port], &shipped_settings(""));
+        let silent: Vec<TcpStream> = (0..SILENT).map(|_| connect(proxy.port)).collect();
+        // Let rsp take them all on (each gets a backend connection) before the fresh
+        // request, so it really comes after them. Bounded: past 30 s go on anyway; then
+        // the request below is the test.
+        let engaged = Instant::now();
+        let deadline = engaged + Duration::from_secs(30);
+        while backend.accepted.load(Ordering::SeqCst) < SILENT && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "{target:?}: {} of {SILENT} silent clients reached the backend in {:.2} s",
+            backend.accepted.load(Ordering::SeqCst),
+            engaged.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        let mut fresh = connect(proxy.port);
+        // 3 s: an answer at once takes milliseconds; the margin is for a busy machine.
+        fresh
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        fresh.write_all(GET_ROOT.as_bytes()).unwrap();
+        let (response, end) = read_until_end(&mut fresh);
+        let waited = started.elapsed();
+        assert!(
+            end.is_ok() && response.ends_with(HELLO.as_bytes()),
+            "{target:?}: with {SILENT} silent clients connected, no answer to a fresh \
+             request within 3 s ({waited:?}, {end:?}, {} bytes)",
+            response.len()
+        );
+        println!("{target:?}: answered in {:.3} s", waited.as_secs_f64());
+        drop(silent);
+        assert_no_panic(&proxy, target);
+    }
+}
+
+/// With `client_timeout = 1` (and `idle_timeout = 4`, the shipped values otherwise), a
+/// client that sends nothing is closed after about 1 s with `client timeout` in its
+/// summary line, while a client that sent one byte stays open past that and is closed by
+/// the idle timeout, about 4 s after its byte.
+#[test]
+fn a_silent_client_is_closed_by_client_timeout_a_talking_one_is_not() {
+    for target in Target::rsp_modes() {
+        // A hello backend waits for a whole request: the talker's one byte gets no answer.
+        let backend = Backend::hello();
+        let settings = shipped_settings("client_timeout = 1\nidle_timeout = 4");
+        let mut proxy = target.start_with(&[backend.port], &settings);
+        let mut talker = connect(proxy.port);
+        talker.write_all(b"x").unwrap();
+        let talked = Instant::now();
+        let mut silent = connect(proxy.port);
+        let connected = Instant::now();
+        let silent_addr = silent.local_addr().unwrap();
+
+        assert!(
+            closed_by_peer(&mut silent),
+            "{target:?}: silent client not closed"
+        );
+        let waited = connected.elapsed();
+        println!(
+            "{target:?}: silent client closed after {:.2} s",
+            waited.as_secs_f64()
+        );
+        // Not before 1 s (accepted after our connect returned); by 3 s (a tick late at
+        // most, plus a busy machine's margin).
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+            "{target:?}: silent client closed after {waited:?}, expected about 1 s"
+        );
+        let needle = format!(" {silent_addr} -> ");
+        let line = proxy
+            .wait_for_line(&needle, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{target:?}: no summary line for {silent_addr}"));
+        assert!(
+            line.contains(": 0 B up, ") && line.ends_with(", client timeout"),
+            "{target:?}: {line}"
+        );
+
+        // The talker is still open now, about a second in (its idle timeout is 4 s).
+        talker
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let still_open = matches!(
+            talker.read(&mut byte),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+        );
+        assert!(
+            still_open,
+            "{target:?}: the client that sent a byte was closed after {:?}",
+            talked.elapsed()
+        );
+        talker
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert!(closed_by_peer(&mut talker), "{target:?}: talker not closed");
+        let idle = talked.elapsed();
+        println!(
+            "{target:?}: talker closed after {:.2} s",
+            idle.as_secs_f64()
+        );
+        assert!(
+            idle >= Duration::from_millis(3800) && idle < Duration::from_secs(7),
+            "{target:?}: talker closed after {idle:?}, expected about 4 s (idle_timeout)"
+        );
+        let talker_addr = talker.local_addr().unwrap();
+        let line = proxy
+            .wait_for_line(&format!(" {talker_addr} -> "), Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{target:?}: no summary line for {talker_addr}"));
+        assert!(
+            line.contains(": 1 B up, ") && line.ends_with(", idle timeout"),
+            "{target:?}: {line}"
+        );
+        assert_alive(&proxy, target);
+    }
+}
+
+/// What the machine allows, computed here independently of rsp: (connections, the
+/// limit's name) for the open-files limit (2 fds each), the thread limits (2 threads
+/// each) and memory (20 KiB each).
+fn machine_bounds() -> Vec<(u64, &'static str)> {
+    let read =
+        |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = |name: &str| -> Option<u64> {
+        let line = limits.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse().ok()
+    };
+    let mut bounds = Vec::new();
+    if let Some(files) = soft("Max open files") {
+        bounds.push((files / 2, "open-files limit"));
+    }
+    let threads = [
+        read("/proc/sys/kernel/threads-max"),
+        read("/proc/sys/kernel/pid_max"),
+        soft("Max processes"),
+        read("/proc/sys/vm/max_map_count").map(|n| n / 2),
+    ];
+    if let Some(n) = threads.into_iter().flatten().min() {
+        bounds.push((n / 2, "threads"));
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
+    if let Some(kib) = available {
+        bounds.push((kib / 20, "memory"));
+    }
+    bounds
+}
+
+/// `workers` left unset (as in the shipped file) resolves to what the machine can hold:
+/// `rsp --check` shows the number and the limit it came from, and the number is the
+/// smallest of the bounds this test computes itself (less the few fds and threads rsp
+/// keeps for itself; 5 % slack for memory, which moves between the two readings).
+#[test]
+fn workers_left_unset_resolve_to_what_the_machine_can_hold() {
+    for target in Target::rsp_modes() {
+        let settings = format!("{}\n{}", mode_line(target), shipped_settings(""));
+        let path = rsp_config(&[1], &settings);
+        let rsp = env!("CARGO_BIN_EXE_rsp");
+        let timeout = Duration::from_secs(60); // generous: a shared machine
+        let (code, output) = run_to_exit(rsp, &["--check", path.to_str().unwrap()], timeout);
+        assert_eq!(code, Some(0), "{target:?}: {output}");
+        let line = output
+            .lines()
+            .find(|l| l.starts_with("workers = "))
+            .unwrap_or_else(|| panic!("{target:?}: no workers line in:\n{output}"));
+        println!("{target:?}: {line}");
+        let (value, why) = line["workers = ".len()..]
+            .split_once("  -- default: ")
+            .unwrap_or_else(|| panic!("{target:?}: workers not shown as a default: {line}"));
+        let workers: u64 = value.parse().unwrap();
+        let bounds = machine_bounds();
+        let (smallest, name) = *bounds.iter().min().expect("Linux /proc limits");
+        let smallest = smallest.min(100_000);
+        assert!(
+            workers <= smallest + smallest / 20 && workers + 64 + smallest / 20 >= smallest,
+            "{target:?}: workers = {workers}, but the machine's smallest bound is \
+             {smallest} ({name}); all: {bounds:?}"
+        );
+        if name == "open-files limit" {
+            assert!(why.starts_with("open-files limit "), "{target:?}: {line}");
+        }
+    }
+}

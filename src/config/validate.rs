@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{Config, ConfigError, Loaded, Mode};
+use crate::capacity;
 
 /// A value copied out of Lua, so that checking it needs no Lua state.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,13 +48,14 @@ fn shown(value: &Raw) -> String {
 }
 
 /// The keys rsp reads, in the order `--check` prints them.
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "listen",
     "backends",
     "workers",
     "buffer_size",
     "connect_timeout",
     "idle_timeout",
+    "client_timeout",
     "backend_retry",
     "drain_timeout",
     "log_level",
@@ -79,8 +81,14 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
     };
     let (listen, backends) = c.addresses()?;
     let mut config = Config::with_defaults(listen, backends);
-    if let Some(n) = c.whole("workers", 1, 100_000)? {
+    let machine = capacity::default_workers();
+    config.workers = machine.workers;
+    let mut warnings = Vec::new();
+    if let Some(n) = c.whole("workers", 1, capacity::MAX_WORKERS)? {
         config.workers = n as usize;
+        if n < FEW_WORKERS {
+            warnings.push(few_workers_warning(file, n, &machine));
+        }
     }
     if let Some(n) = c.whole("buffer_size", 512, 16 << 20)? {
         config.buffer_size = n as usize;
@@ -90,6 +98,9 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
     }
     if let Some(d) = c.seconds("idle_timeout", true)? {
         config.idle_timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(d) = c.seconds("client_timeout", true)? {
+        config.client_timeout = (!d.is_zero()).then_some(d);
     }
     if let Some(d) = c.seconds("backend_retry", true)? {
         config.backend_retry = d;
@@ -118,16 +129,39 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
     if let Some(n) = c.whole("max_buffered", 1024, 1 << 30)? {
         config.max_buffered = n as usize;
     }
-    let warnings = values
-        .iter()
-        .filter(|(key, value)| !is_known(key) && **value != Raw::Other("function"))
-        .map(|(key, _)| unknown_key_warning(file, key))
-        .collect();
+    if config.mode != Mode::Threads {
+        warnings.clear(); // `workers` is a threads-mode setting.
+    }
+    warnings.extend(
+        values
+            .iter()
+            .filter(|(key, value)| !is_known(key) && **value != Raw::Other("function"))
+            .map(|(key, _)| unknown_key_warning(file, key)),
+    );
     Ok(Loaded {
         config,
         warnings,
         defaulted: c.defaulted,
+        workers_why: machine.why,
     })
+}
+
+/// Below this many `workers`, `--check` (and start-up) warn. Each connection holds a
+/// worker from accept to close, idle or not, so `workers` silent clients take the whole
+/// pool: a few hundred is what one laptop opens in a second (a browser alone keeps six per
+/// site), and what a slowloris needs against the old default of 256. A pool that small
+/// is a test or a deliberate cap; the warning says what it risks and what the machine
+/// could hold instead.
+const FEW_WORKERS: u64 = 256;
+
+/// `proxy.lua: warning: workers = 8 is low: …`
+fn few_workers_warning(file: &str, n: u64, machine: &capacity::DefaultWorkers) -> String {
+    format!(
+        "{file}: warning: workers = {n} is low: {n} clients that send nothing take every \
+         worker and the next client waits in the backlog; left unset it would be {} ({})",
+        capacity::thousands(machine.workers as u64),
+        machine.why
+    )
 }
 
 fn is_known(key: &str) -> bool {

@@ -63,6 +63,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Close a connection with no bytes moving for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose client sent nothing this long after it was accepted.
+    pub client_timeout: Option<Duration>,
 }
 
 /// What the loop lends a connection while it runs.
@@ -109,6 +111,8 @@ pub struct Conn {
     started: Instant,
     /// When a byte last moved either way (for the idle timeout).
     last_active: Instant,
+    /// Whether the client has sent a byte (after which `client_timeout` no longer applies).
+    client_spoke: bool,
 }
 
 impl Conn {
@@ -143,6 +147,7 @@ impl Conn {
             down: Pipe::new("backend -> client"),
             started: ctx.now,
             last_active: ctx.now,
+            client_spoke: false,
         };
         (conn, result)
     }
@@ -261,6 +266,7 @@ impl Conn {
         if up.moved || down.moved {
             self.last_active = ctx.now;
         }
+        self.client_spoke |= up.moved;
         Ok(up.more || down.more)
     }
 
@@ -287,21 +293,38 @@ impl Conn {
         self.up.is_done() && self.down.is_done()
     }
 
-    /// When [`Conn::on_tick`] has something to do: the connect or the idle deadline.
+    /// When [`Conn::on_tick`] has something to do: the connect, the idle or the client
+    /// deadline.
     pub fn deadline(&self, settings: &Settings) -> Option<Instant> {
         match &self.backend {
             Backend::Connecting(connecting) => Some(connecting.deadline()),
-            Backend::Connected(..) => settings.idle_timeout.map(|idle| self.last_active + idle),
+            Backend::Connected(..) => {
+                let idle = settings.idle_timeout.map(|idle| self.last_active + idle);
+                super::timers::earliest(idle, self.client_deadline(settings))
+            }
             Backend::Failed => None,
         }
     }
 
+    /// When a client that has not sent a byte yet is closed; `None` once it has.
+    fn client_deadline(&self, settings: &Settings) -> Option<Instant> {
+        let limit = settings.client_timeout.filter(|_| !self.client_spoke)?;
+        Some(self.started + limit)
+    }
+
     /// Acts on a passed deadline: a connect that took too long moves on to the next
-    /// backend; a connection idle for `idle_timeout` ends.
+    /// backend; a client silent for `client_timeout`, or a connection idle for
+    /// `idle_timeout`, ends.
     pub fn on_tick(&mut self, ctx: &mut Ctx) -> Result<(), Outcome> {
         match self.deadline(&ctx.settings) {
             Some(deadline) if ctx.now >= deadline => match self.backend {
                 Backend::Connecting(_) => self.step_connect(ctx, true),
+                _ if self
+                    .client_deadline(&ctx.settings)
+                    .is_some_and(|t| ctx.now >= t) =>
+                {
+                    Err(Outcome::ClientTimeout)
+                }
                 _ => Err(Outcome::IdleTimeout),
             },
             _ => Ok(()),
@@ -320,7 +343,8 @@ impl Conn {
     /// - the idle timeout: both sides are reset if bytes are queued either way (a peer
     ///   that stopped reading) or one direction has ended and the other has not (a
     ///   half-closed transfer); a connection idle with nothing in flight (an idle
-    ///   keep-alive) is closed with a FIN each way, as HAProxy and nginx do.
+    ///   keep-alive) is closed with a FIN each way, as HAProxy and nginx do. The client
+    ///   timeout follows the same rule.
     ///
     /// The byte counts are what each peer's socket took (read minus still queued).
     ///
@@ -334,7 +358,7 @@ impl Conn {
             Outcome::ClientReset => (false, true),
             Outcome::BackendReset => (true, false),
             Outcome::Shutdown | Outcome::InternalError => (true, true),
-            Outcome::IdleTimeout => (in_flight, in_flight),
+            Outcome::IdleTimeout | Outcome::ClientTimeout => (in_flight, in_flight),
             Outcome::Eof | Outcome::ConnectFailed => (false, false),
         };
         if reset_client {

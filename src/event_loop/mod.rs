@@ -258,6 +258,7 @@ impl EventLoop {
                 max_buffered: config.max_buffered,
                 connect_timeout: config.connect_timeout,
                 idle_timeout: config.idle_timeout,
+                client_timeout: config.client_timeout,
             },
             buf: vec![0; config.buffer_size.max(1)],
             again: Vec::new(),

@@ -105,6 +105,17 @@ impl Connection {
         idle
     }
 
+    /// Cuts the connection with [`Outcome::ClientTimeout`] if the client has sent nothing
+    /// (no byte passed on to the backend) within `limit` of being accepted; returns
+    /// whether it did. The registry's idle check calls this for every connection.
+    pub fn cut_if_silent(&self, limit: Duration) -> bool {
+        let silent = self.up.load(Ordering::Relaxed) == 0 && self.started.elapsed() >= limit;
+        if silent {
+            self.cut(Outcome::ClientTimeout);
+        }
+        silent
+    }
+
     /// Adds `n` bytes to the client → backend count (`up = true`) or the other one.
     pub fn count(&self, up: bool, n: u64) {
         let counter = if up { &self.up } else { &self.down };
@@ -125,6 +136,7 @@ impl Connection {
     ///   under way (a peer that stopped reading) or one direction has ended and the other
     ///   has not (a half-closed transfer). Only a connection idle with nothing in flight
     ///   (an idle keep-alive) is closed with a FIN each way, as HAProxy and nginx do.
+    ///   The client timeout ([`Outcome::ClientTimeout`]) follows the same rule.
     pub fn cut(&self, reason: Outcome) {
         let mut state = self.lock_state();
         let reason = *state.reason.get_or_insert(reason);
@@ -132,7 +144,9 @@ impl Connection {
         match reason {
             Outcome::ClientReset => pass_reset(&self.client, &self.backend),
             Outcome::BackendReset => pass_reset(&self.backend, &self.client),
-            Outcome::IdleTimeout if state.writing == 0 && state.eofs == 0 => {
+            Outcome::IdleTimeout | Outcome::ClientTimeout
+                if state.writing == 0 && state.eofs == 0 =>
+            {
                 let _ = self.client.shutdown(Shutdown::Both);
                 let _ = self.backend.shutdown(Shutdown::Both);
             }

@@ -55,6 +55,7 @@ pub fn run(config: Config) -> io::Result<()> {
     let relay = RelaySettings {
         buffer_size: config.buffer_size,
         idle_timeout: config.idle_timeout,
+        client_timeout: config.client_timeout,
     };
     let ctx = Context {
         balancer: Balancer::new(config.backends.clone(), config.backend_retry),
@@ -71,8 +72,8 @@ pub fn run(config: Config) -> io::Result<()> {
     shutdown.on_second_signal(move || {
         open.cut_all(Outcome::Shutdown);
     });
-    if let (Some(limit), Some(tick)) = (relay.idle_timeout, relay.tick()) {
-        registry.start_idle_check(limit, tick)?;
+    if let Some(tick) = relay.tick() {
+        registry.start_idle_check(relay.idle_timeout, relay.client_timeout, tick)?;
     }
     let limit = connection_limit();
     announce(local.port());

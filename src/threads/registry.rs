@@ -133,24 +133,34 @@ impl Registry {
         self.connecting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Cuts every connection idle for `limit` or longer ([`Connection::cut_if_idle`]).
-    pub fn cut_idle(&self, limit: Duration) {
+    /// Cuts every connection idle for `idle` or longer ([`Connection::cut_if_idle`]),
+    /// and every one whose client has said nothing for `client` since it was accepted
+    /// ([`Connection::cut_if_silent`]); `None` skips that check.
+    pub fn cut_idle(&self, idle: Option<Duration>, client: Option<Duration>) {
         let open: Vec<Arc<Connection>> = self.lock().values().flatten().cloned().collect();
         for conn in open {
-            conn.cut_if_idle(limit);
+            let cut = client.is_some_and(|limit| conn.cut_if_silent(limit));
+            if let (false, Some(limit)) = (cut, idle) {
+                conn.cut_if_idle(limit);
+            }
         }
     }
 
     /// Starts the idle check: a thread that calls [`Registry::cut_idle`] every `tick`
     /// for as long as the registry exists. One thread for all connections: the copy
     /// threads block in `read` without a timeout, so they cost nothing while idle.
-    pub fn start_idle_check(self: &Arc<Self>, limit: Duration, tick: Duration) -> io::Result<()> {
+    pub fn start_idle_check(
+        self: &Arc<Self>,
+        idle: Option<Duration>,
+        client: Option<Duration>,
+        tick: Duration,
+    ) -> io::Result<()> {
         let registry = Arc::downgrade(self);
         thread::Builder::new()
             .name("idle-check".into())
             .spawn(move || {
                 while let Some(registry) = registry.upgrade() {
-                    registry.cut_idle(limit);
+                    registry.cut_idle(idle, client);
                     drop(registry);
                     thread::sleep(tick);
                 }

@@ -85,15 +85,20 @@ pub struct RelaySettings {
     pub buffer_size: usize,
     /// Cut the connection after this long with no bytes either way.
     pub idle_timeout: Option<Duration>,
+    /// Cut the connection if the client sent nothing this long after it was accepted.
+    pub client_timeout: Option<Duration>,
 }
 
 impl RelaySettings {
-    /// How often the idle check runs: a quarter of `idle_timeout`, between 50 ms and 1 s
-    /// (so a connection is cut at most that long after its idle time is up). `None`
-    /// without an idle timeout.
+    /// How often the idle check runs: a quarter of the shorter of `idle_timeout` and
+    /// `client_timeout`, between 50 ms and 1 s (so a connection is cut at most that long
+    /// after its time is up). `None` without either timeout.
     pub fn tick(&self) -> Option<Duration> {
-        let idle = self.idle_timeout?;
-        Some((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
+        let shortest = match (self.idle_timeout, self.client_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some((shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
     }
 
     /// The socket write timeout: [`RelaySettings::tick`], at most [`WRITE_TICK`]. A
@@ -283,6 +288,7 @@ mod tests {
         let s = RelaySettings {
             buffer_size: 3,
             idle_timeout: None,
+            client_timeout: None,
         };
         let (conn, mut client, mut backend) = connection(s);
         let backend_side = std::thread::spawn(move || {
@@ -308,6 +314,7 @@ mod tests {
         let s = RelaySettings {
             buffer_size: 64,
             idle_timeout: Some(Duration::from_millis(200)),
+            client_timeout: None,
         };
         let (conn, _client, _backend) = connection(s);
         let started = Instant::now();
@@ -359,6 +366,7 @@ mod tests {
         let s = RelaySettings {
             buffer_size: 4096,
             idle_timeout: None,
+            client_timeout: None,
         };
         let (conn, client, backend) = connection(s);
         drop(client); // the client goes away before the response
