@@ -20,6 +20,40 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// Starts the real demo backend (`make run-N` puts it behind the lessons), with `flags`.
+fn demo_backend(flags: &[&str]) -> Proxy {
+    let mut args = vec!["0".to_string()];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    Proxy::spawn(env!("CARGO_BIN_EXE_demo_backend"), &args)
+}
+
+/// `make run-N`, then `curl http://127.0.0.1:8000/` twice: both are answered. curl speaks
+/// HTTP/1.1 and would keep the connection open; the demo backend answers like the C's
+/// mock (`Connection: close`, then it closes), and that close is what part 1 waits for.
+/// The client here reads like curl: the head, then `Content-Length` bytes, no waiting for
+/// the close.
+#[test]
+fn answers_two_plain_curl_requests_in_a_row() {
+    let backend = demo_backend(&[]);
+    for target in Target::from_part(1) {
+        let proxy = target.start(backend.port);
+        for attempt in 1..=2 {
+            let (head, body) = curl_get(proxy.port, "/").unwrap_or_else(|e| {
+                panic!("{target:?}: plain HTTP/1.1 request {attempt} of 2: {e}")
+            });
+            assert!(
+                head.starts_with("HTTP/1.1 200"),
+                "{target:?}: request {attempt}: bad response head {head:?}"
+            );
+            assert!(
+                body.starts_with(b"Hello from"),
+                "{target:?}: request {attempt}: bad body {:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+}
+
 /// The C project's first functional test: two GETs in a row through the proxy both get the
 /// mock backend's answer.
 #[test]

@@ -23,13 +23,10 @@ use std::time::Duration;
 /// How long a binary may take to fail on a bad config.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The binaries that read the part-3 config file.
+/// The binaries that read the part-3 config file: the lessons from part 3 on (not `rsp`,
+/// whose `proxy.lua` is different), or a reader's proxy that follows part 3 or later.
 fn config_targets() -> Vec<Target> {
-    let mut targets = vec![Target::Part3, Target::Part4];
-    if cfg!(feature = "mio") {
-        targets.push(Target::Part5);
-    }
-    targets
+    Target::lessons_from(3)
 }
 
 /// Runs `target` on the config `text`, expects it to exit 1 with a one-line message that
@@ -77,12 +74,17 @@ fn gives_error_messages_on_nonexistent_or_buggy_config_files() {
             "{target:?}: missing file: {output:?}"
         );
 
-        // The C test's buggy file, then a syntax error on line 3: the message names the
-        // file and the line.
+        // The C test's buggy file, then a table left open on line 3: the message names the
+        // file and the line where Lua noticed, line 4 (the end of the file, where it still
+        // expected the `}`).
         let buggy = "dfs'df';f'#as'\n";
         assert_config_error(target, buggy, &["Error parsing config file:", "{path}"]);
         let unclosed = "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\nbackendPort = {\n";
-        assert_config_error(target, unclosed, &["Error parsing config file:", "{path}:"]);
+        assert_config_error(
+            target,
+            unclosed,
+            &["Error parsing config file:", "{path}:4:"],
+        );
 
         // A missing setting, and settings of the wrong type.
         let no_backend_port = "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\n";
