@@ -47,7 +47,8 @@ fn main() {
         process::exit(1);
     }
     // Like the C, a config error is one line on stderr and exit status 1.
-    let config = match load_config(&args[args.len() - 1]) {
+    let config_file = &args[args.len() - 1]; // New in part 4
+    let config = match load_config(config_file) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("{message}");
@@ -147,7 +148,7 @@ fn run(listen_port: &str, backend_addr: &str, backend_port: &str, broken: bool) 
         // `thread::spawn` panics if the OS refuses a thread; `Builder::spawn` returns the
         // error instead, so running out of threads costs one connection, not the proxy.
         let spawned = thread::Builder::new().spawn(move || {
-            let result = handle_client_connection(client, &backend_addr, backend_port, broken);
+            let result = handle_client_connection(client, &backend_addr, backend_port, broken); // New in part 4
             if let Err(e) = result {
                 eprintln!("Connection failed: {e}");
             }
@@ -165,7 +166,7 @@ fn handle_client_connection(
     client: TcpStream,
     backend_addr: &str,
     backend_port: u16,
-    broken: bool,
+    broken: bool, // New in part 4
 ) -> io::Result<()> {
     // `connect` resolves the name and tries each address in turn, like the C's loop.
     let backend = TcpStream::connect((backend_addr, backend_port)).map_err(|e| {
@@ -179,7 +180,7 @@ fn handle_client_connection(
     // client → backend thread's reads turn non-blocking too, so `relay` copes (see there).
     if broken {
         client.set_nonblocking(true)?; // New in part 4
-    }
+    } // New in part 4
 
     // `try_clone` is `dup()`: a second handle on the same socket, so each thread owns
     // one. (Sharing one `TcpStream` behind a Mutex would deadlock: a thread blocked in
@@ -192,8 +193,8 @@ fn handle_client_connection(
     let downstream = if broken {
         lossy_relay(backend, client) // New in part 4
     } else {
-        relay(backend, client)
-    };
+        relay(backend, client) // New in part 4
+    }; // New in part 4
 
     // Wait for the other direction too, so its error (if any) is reported. A panic cannot
     // happen in `relay`, but `join` reports one as an `Err`, which we pass on as text.
@@ -220,7 +221,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(5)); // New in part 4
                 continue; // New in part 4
-            }
+            } // New in part 4
             Err(e) => break Err(e),
         };
         // THE FIX. Blocking `write_all` returns only when the kernel has taken every byte.
@@ -251,40 +252,40 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
     }
     result
     // Each thread drops its two handles here; the fd closes when the last `dup` is gone.
-}
+} // New in part 4
 
 /// THE BUG, kept on purpose (`--broken`): one `write` per chunk into the non-blocking
 /// client socket, and whatever it did not take is forgotten, as the C did before part 4.
 fn lossy_relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
-    let mut buffer = [0u8; BUFFER_SIZE];
-    let (mut copied, mut dropped) = (0u64, 0u64);
+    let mut buffer = [0u8; BUFFER_SIZE]; // New in part 4
+    let (mut copied, mut dropped) = (0u64, 0u64); // New in part 4
     let result = loop {
         let bytes_read = match from.read(&mut buffer) {
-            Ok(0) => break Ok(copied),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break Err(e),
-        };
+            Ok(0) => break Ok(copied), // New in part 4
+            Ok(n) => n,                // New in part 4
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue, // New in part 4
+            Err(e) => break Err(e),    // New in part 4
+        }; // New in part 4
         // A non-blocking `write` takes what fits in the kernel's send buffer (perhaps only
         // part: a short count) or, when the buffer is full, nothing: `WouldBlock` (EAGAIN).
         let written = match to.write(&buffer[..bytes_read]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => break Err(e),
-        };
+            Ok(n) => n,                                           // New in part 4
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0, // New in part 4
+            Err(e) => break Err(e),                               // New in part 4
+        }; // New in part 4
         // The C ignored both cases, so the rest of the chunk was lost. We count it.
-        dropped += (bytes_read - written) as u64;
-        copied += written as u64;
-    };
-    eprintln!("--broken: dropped {dropped} bytes, delivered {copied}");
+        dropped += (bytes_read - written) as u64; // New in part 4
+        copied += written as u64; // New in part 4
+    }; // New in part 4
+    eprintln!("--broken: dropped {dropped} bytes, delivered {copied}"); // New in part 4
     // The same ending as `relay`: half-close after end of file, full shutdown on error.
     if result.is_ok() {
-        let _ = to.shutdown(Shutdown::Write);
+        let _ = to.shutdown(Shutdown::Write); // New in part 4
     } else {
-        let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-    }
-    result
+        let _ = from.shutdown(Shutdown::Both); // New in part 4
+        let _ = to.shutdown(Shutdown::Both); // New in part 4
+    } // New in part 4
+    result // New in part 4
 }
 
 /// Reads a port number from the config, with an error that says which one was bad.
