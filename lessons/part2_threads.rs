@@ -3,7 +3,7 @@
 //! Mirrors part 2 of the C series (7 Sep 2013, C commit `f51950b`). The C switched to an
 //! epoll reactor: one thread, non-blocking sockets, a handler per fd. Rust's standard
 //! library has no epoll, so this part gets concurrency the simpler way: blocking sockets
-//! and threads. (Part 5 comes back to an event loop, with the `mio` crate.)
+//! and threads. (The mio lesson comes back to an event loop, with the `mio` crate.)
 //!
 //! Changes since part 1:
 //! - every accepted client is served on its own thread, so a slow one blocks nobody;
@@ -19,8 +19,14 @@
 //! curl http://127.0.0.1:8000/                      # a request through the proxy
 //! ```
 //!
-//! Observe: several slow requests at once now take as long as one. Tests:
-//! `tests/part2_threads.rs` (`make test-2`), which also shows that part 1 fails them.
+//! Observe: two slow requests at once (`/slow/MS` waits MS ms) now take as long as one,
+//! about 3 s (part 1 took 6):
+//!
+//! ```text
+//! time (curl -s http://127.0.0.1:8000/slow/3000 & curl -s http://127.0.0.1:8000/slow/3000; wait)
+//! ```
+//!
+//! Tests: `tests/part2_threads.rs` (`make test-2`), which also shows that part 1 fails them.
 #![forbid(unsafe_code)]
 
 use std::env;

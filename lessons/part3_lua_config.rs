@@ -39,16 +39,16 @@ fn main() {
     let args: Vec<String> = env::args().collect();
     if args.len() != 2 {
         eprintln!("Usage: {} <config_file>", args[0]); // New in part 3
-        process::exit(1);
-    }
+        process::exit(1); // New in part 3
+    } // New in part 3
     // Like the C, a config error is one line on stderr and exit status 1.
     let config_file = &args[1]; // New in part 3
     let config = match load_config(config_file) {
         Ok(config) => config, // New in part 3
         Err(message) => {
             eprintln!("{message}"); // New in part 3
-            process::exit(1); // New in part 3
-        } // New in part 3
+            process::exit(1);
+        }
     }; // New in part 3
     // Each `?` inside `run` stands for one of the C's `perror(...); exit(1);` pairs: the
     // error travels up to here, where we print it and exit with the same status.

@@ -16,13 +16,16 @@
 //! ```text
 //! make backend                                             # demo backend on port 8888
 //! cargo run --bin part4 -- --broken lessons/part3.lua      # proxy on 8000 (drop --broken)
-//! curl -0 --limit-rate 100k http://127.0.0.1:8000/bytes/20000000 | wc -c
+//! curl -sS --limit-rate 1M http://127.0.0.1:8000/bytes/20000000 | sha256sum
 //! ```
 //!
-//! Observe: with `--broken`, curl says "transfer closed with N bytes remaining" and the
-//! proxy says how many it dropped (`-0` = HTTP/1.0, so the backend closes after the body;
-//! with keep-alive curl would wait for the lost bytes forever); without it every byte
-//! arrives, only slower. Tests: `tests/part4_slow_clients.rs` (`make test-4`).
+//! Observe: curl reads 20 MB at 1 MB/s, slower than the backend sends. Without `--broken`
+//! it takes about 10 s and every byte arrives: the sum is
+//! `b7845ea39a0ca533e557cd890e9af7598151ad50f3408bdf17e80b0f03fb1301` (the demo backend's
+//! `/bytes/N` is always the same `0123456789\n` pattern). With `--broken` it ends at once
+//! with "curl: (18) transfer closed with N bytes remaining to read", another sum, and the
+//! proxy prints how many bytes it dropped (about 15 MB here). Tests:
+//! `tests/part4_slow_clients.rs` (`make test-4`).
 #![forbid(unsafe_code)]
 
 use rlua::{ChunkMode, Lua, LuaOptions, StdLib};
@@ -229,7 +232,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // waits, so this thread stops reading the backend, whose own send buffer then
         // fills: backpressure reaches the backend for free, with no queue and no memory
         // growth. An event loop cannot wait here (one thread serves everybody), so it must
-        // queue what the socket refused: that is part 5.
+        // queue what the socket refused: that is the mio lesson.
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
             break Err(e);

@@ -8,12 +8,17 @@
 //! the lessons, as it hung the C; nothing here times Lua out. And they only check that
 //! `os` and `print` are missing, not every other function a config could call.
 //!
-//! Try this:
-//! - In part 3, open the standard libraries (`Lua::new()`) and run the chunk in the real
-//!   globals (no `set_environment`; read `lua.globals()`). Which test fails, and what could
-//!   a config file now do to the machine it runs on?
-//! - In part 3, name the chunk `path` instead of `"@" + path`. What does a syntax error
-//!   say now, and which assertion notices?
+//! Try this (each one: edit `lessons/part3_lua_config.rs`, `make test-3`, look, undo):
+//! - In `load_config`, open the standard libraries and run the chunk in the real globals:
+//!   `let lua = Lua::new();` (drop the `.map_err` after it), `let env = lua.globals();`
+//!   in place of `create_table`, and delete the `.set_environment(env.clone())` line.
+//!   `gives_error_messages_on_nonexistent_or_buggy_config_files` fails at once, on the
+//!   config `home = os.getenv("HOME")`: no "Error parsing config file:" in "listenPort must
+//!   be a string". The call ran: the file read your environment, and could as well have
+//!   run `os.execute("rm -rf ~")`.
+//! - In `load_config`, name the chunk `.set_name(path)` instead of `format!("@{path}")`.
+//!   The same test fails at once, on the table left open: the message now says
+//!   `[string "/…/bad.lua..."]:4:`, so the assertion that looks for `/…/bad.lua:4:` notices.
 
 mod common;
 
