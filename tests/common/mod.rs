@@ -348,7 +348,8 @@ pub fn assert_hello(response: &[u8]) {
 // ---------------------------------------------------------------------------------------
 
 /// A binary under test and the way it takes its settings, as its C counterpart did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Failure messages name it with `{target:?}`.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// `part1 <listen_port> <backend_addr> <backend_port>`
     Part1,
@@ -371,6 +372,24 @@ pub enum Target {
     /// parts 1 and 2 take `LISTEN_PORT BACKEND_HOST BACKEND_PORT`, later parts a Lua
     /// config file with `listenPort`, `backendAddress` and `backendPort`.
     Bin { path: &'static str, part: u8 },
+}
+
+impl std::fmt::Debug for Target {
+    /// The variant's name, or for a reader's proxy its path and the part it follows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Target::Part1 => "Part1",
+            Target::Part2 => "Part2",
+            Target::Part3 => "Part3",
+            Target::Part4 => "Part4",
+            Target::Part4Broken => "Part4Broken",
+            Target::Part5 => "Part5",
+            Target::Rsp => "Rsp",
+            Target::RspMio => "RspMio",
+            Target::Bin { path, part } => return write!(f, "{path} (as part {part})"),
+        };
+        f.write_str(name)
+    }
 }
 
 /// Whether rsp's `mode = "mio"` is built and implemented (flip when the mio issue lands).
