@@ -232,11 +232,12 @@ pub fn read_all(stream: &mut TcpStream, what: &str) -> io::Result<Vec<u8>> {
 /// whole response (head and body), read until the connection closes.
 pub fn http_get(port: u16, path: &str) -> io::Result<Vec<u8>> {
     let mut stream = connect(port);
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| explain(e, "the proxy to take the request"))?;
+    // One `write_all` of the whole request: `write!` straight onto a socket may send each
+    // formatted piece in its own segment, and part 1 reads the request only once.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| explain(e, "the proxy to take the request"))?;
     read_all(&mut stream, &format!("the response to GET {path}"))
 }
 
@@ -246,11 +247,13 @@ pub fn http_get(port: u16, path: &str) -> io::Result<Vec<u8>> {
 /// Returns the head and the body.
 pub fn curl_get(port: u16, path: &str) -> io::Result<(String, Vec<u8>)> {
     let mut stream = connect(port);
-    write!(
-        stream,
+    // One write, as curl does (see `http_get`).
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"
-    )
-    .map_err(|e| explain(e, "the proxy to take the request"))?;
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| explain(e, "the proxy to take the request"))?;
     let mut data = Vec::new();
     let mut buffer = [0u8; 4096];
     // Bounded: every read either adds bytes, ends, or times out after 10 s.
