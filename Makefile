@@ -5,7 +5,12 @@
 .PHONY: bench bench-deps
 
 CARGO ?= cargo
+# Where cargo puts our binaries. `make test-N BIN=path/to/proxy` gives BIN on the command
+# line instead: then it names YOUR proxy, for the tests to judge (see "Write your own").
 BIN := target/debug
+ifeq ($(origin BIN),command line)
+OWN_BIN := $(abspath $(BIN))
+endif
 BACKEND_PORT ?= 8888
 PROXY_PORT ?= 8000
 
@@ -50,20 +55,37 @@ test: ## run every test (with and without the mio feature), then the lint
 	$(CARGO) test --no-default-features
 	$(MAKE) lint
 
-test-1: ## run part 1's tests
-	$(CARGO) test --test part1_single_connection
-test-2: ## run part 2's tests
-	$(CARGO) test --test part2_threads
-test-3: ## run part 3's tests
-	$(CARGO) test --test part3_lua_config
-test-4: ## run part 4's tests
-	$(CARGO) test --test part4_slow_clients
+# $(1): a part. Without BIN=, runs tests/part$(1)_*.rs against our lessons and rsp. With
+# BIN=, runs tests/part1_*.rs … tests/part$(1)_*.rs against that proxy, started with part
+# $(1)'s command line (RSP_TEST_BIN and RSP_TEST_PART tell the tests).
+define lesson_tests
+	$(if $(OWN_BIN),RSP_TEST_BIN=$(OWN_BIN) RSP_TEST_PART=$(1) $(CARGO) test \
+	    $(foreach t,$(sort $(wildcard tests/part[1-$(1)]_*.rs)),--test $(basename $(notdir $(t)))) \
+	    -- --nocapture --test-threads=1,\
+	  $(CARGO) test --test $(basename $(notdir $(wildcard tests/part$(1)_*.rs))))
+endef
+
+test-1: ## run part 1's tests (BIN=path/to/proxy: against your own proxy)
+	$(call lesson_tests,1)
+test-2: ## run part 2's tests (BIN=…: parts 1–2's tests against your proxy)
+	$(call lesson_tests,2)
+test-3: ## run part 3's tests (BIN=…: parts 1–3's tests against your proxy)
+	$(call lesson_tests,3)
+test-4: ## run part 4's tests (BIN=…: parts 1–4's tests against your proxy)
+	$(call lesson_tests,4)
 test-5: ## run part 5's tests
 	$(CARGO) test --test part5_mio
 
-diff: ## show what changed between two lessons: make diff A=1 B=2
+# The lessons mark each new or changed line `// New in part N`; those marks would show up
+# as changes of their own, so both files are compared with the marks stripped.
+diff: ## show the code that changed between two lessons: make diff A=1 B=2
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=1 B=2"; exit 2; }
-	@diff -u $(wildcard lessons/part$(A)_*.rs) $(wildcard lessons/part$(B)_*.rs) || true
+	@a=$(wildcard lessons/part$(A)_*.rs); b=$(wildcard lessons/part$(B)_*.rs); \
+	test -n "$$a" -a -n "$$b" || { echo "make diff: no lessons/part$(A)_*.rs or lessons/part$(B)_*.rs"; exit 2; }; \
+	mkdir -p target/diff; \
+	sed 's| *// New in part [0-9]*$$||' "$$a" > target/diff/a.rs; \
+	sed 's| *// New in part [0-9]*$$||' "$$b" > target/diff/b.rs; \
+	diff -u --label "$$a" --label "$$b" target/diff/a.rs target/diff/b.rs || true
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

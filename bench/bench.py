@@ -132,7 +132,8 @@ def start_backend(tmp, notes):
         server.wait_ready(banner=False)
         notes.append(f"Backend: nginx (1 worker) serving static files on port {port}.")
         return server, "/small.html", "/big.bin"
-    server = procs.Server("backend", [f"{RELEASE}/demo_backend", "0"], f"{tmp}/backend.log")
+    server = procs.Server("backend", [f"{RELEASE}/demo_backend", "0", "--keep-alive"],
+                          f"{tmp}/backend.log")
     server.wait_ready()
     notes.append("Backend: rsp's demo_backend (nginx is not installed).")
     return server, "/", f"/bytes/{BULK_SIZE}"

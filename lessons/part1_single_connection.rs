@@ -15,8 +15,20 @@
 //! ```
 //!
 //! Observe: the banner `Started.  Listening on port 8000.`, then curl gets the backend's
-//! answer. Start two slow requests at once and the second waits for the first: this proxy
-//! has a single thread and handles one client at a time. Part 2 fixes that.
+//! answer, every time you ask. That needs a backend that closes the connection after its
+//! answer, as the C's mock did (Python's HTTP/1.0 server) and the demo backend does: this
+//! proxy copies the response until the backend closes, and only then serves the next
+//! client. Behind a backend that keeps connections open (`demo_backend 8888
+//! --keep-alive`), the first curl is answered and every later one hangs.
+//!
+//! Then ask the demo backend for two slow answers at once (`/slow/MS` waits MS ms):
+//!
+//! ```text
+//! time (curl -s http://127.0.0.1:8000/slow/3000 & curl -s http://127.0.0.1:8000/slow/3000; wait)
+//! ```
+//!
+//! It takes about 6 s, not 3: the second request waits for the first. This proxy has a
+//! single thread and handles one client at a time. Part 2 fixes that.
 //!
 //! Tests: `tests/part1_single_connection.rs` (`make test-1`); `tests/part2_threads.rs`
 //! also runs against this file to show the one-at-a-time limit.

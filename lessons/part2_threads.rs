@@ -3,7 +3,7 @@
 //! Mirrors part 2 of the C series (7 Sep 2013, C commit `f51950b`). The C switched to an
 //! epoll reactor: one thread, non-blocking sockets, a handler per fd. Rust's standard
 //! library has no epoll, so this part gets concurrency the simpler way: blocking sockets
-//! and threads. (Part 5 comes back to an event loop, with the `mio` crate.)
+//! and threads. (The mio lesson comes back to an event loop, with the `mio` crate.)
 //!
 //! Changes since part 1:
 //! - every accepted client is served on its own thread, so a slow one blocks nobody;
@@ -19,13 +19,19 @@
 //! curl http://127.0.0.1:8000/                      # a request through the proxy
 //! ```
 //!
-//! Observe: several slow requests at once now take as long as one. Tests:
-//! `tests/part2_threads.rs` (`make test-2`), which also shows that part 1 fails them.
+//! Observe: two slow requests at once (`/slow/MS` waits MS ms) now take as long as one,
+//! about 3 s (part 1 took 6):
+//!
+//! ```text
+//! time (curl -s http://127.0.0.1:8000/slow/3000 & curl -s http://127.0.0.1:8000/slow/3000; wait)
+//! ```
+//!
+//! Tests: `tests/part2_threads.rs` (`make test-2`), which also shows that part 1 fails them.
 #![forbid(unsafe_code)]
 
 use std::env;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream}; // New in part 2
 use std::process;
 use std::sync::Arc; // New in part 2
 use std::thread; // New in part 2
@@ -71,23 +77,23 @@ fn run(listen_port: &str, backend_addr: &str, backend_port: &str) -> io::Result<
     for client in listener.incoming() {
         // A failed accept (say, out of fds) is logged; the loop goes on.
         let client = match client {
-            Ok(client) => client,
+            Ok(client) => client, // New in part 2
             Err(e) => {
-                eprintln!("Could not accept: {e}");
-                continue;
-            }
-        };
+                eprintln!("Could not accept: {e}"); // New in part 2
+                continue; // New in part 2
+            } // New in part 2
+        }; // New in part 2
         let backend_addr = Arc::clone(&backend_addr); // New in part 2
         // `thread::spawn` panics if the OS refuses a thread; `Builder::spawn` returns the
         // error instead, so running out of threads costs one connection, not the proxy.
         let spawned = thread::Builder::new().spawn(move || {
             if let Err(e) = handle_client_connection(client, &backend_addr, backend_port) {
-                eprintln!("Connection failed: {e}"); // New in part 2
+                eprintln!("Connection failed: {e}");
             }
-        });
+        }); // New in part 2
         if let Err(e) = spawned {
             eprintln!("Could not start a thread: {e}"); // New in part 2
-        }
+        } // New in part 2
     }
     Ok(())
 }
@@ -95,7 +101,7 @@ fn run(listen_port: &str, backend_addr: &str, backend_port: &str) -> io::Result<
 /// Proxies one client on its own thread: this thread copies backend → client while a
 /// second one copies client → backend, until both directions have finished.
 fn handle_client_connection(
-    client: TcpStream,
+    client: TcpStream, // New in part 2
     backend_addr: &str,
     backend_port: u16,
 ) -> io::Result<()> {
@@ -114,45 +120,45 @@ fn handle_client_connection(
     // `try_clone` is kept here because it is what the C would do: one fd per owner.
     let client_reader = client.try_clone()?; // New in part 2
     let backend_writer = backend.try_clone()?; // New in part 2
-    let upstream = thread::Builder::new().spawn(move || relay(client_reader, backend_writer))?;
+    let upstream = thread::Builder::new().spawn(move || relay(client_reader, backend_writer))?; // New in part 2
     let downstream = relay(backend, client); // New in part 2
 
     // Wait for the other direction too, so its error (if any) is reported. A panic cannot
     // happen in `relay`, but `join` reports one as an `Err`, which we pass on as text.
     let upstream = upstream
         .join()
-        .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
-    downstream.and(upstream).map(|_| ())
-}
+        .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked"))); // New in part 2
+    downstream.and(upstream).map(|_| ()) // New in part 2
+} // New in part 2
 
 /// Copies everything from `from` to `to` until `from` reaches end of file, then passes the
 /// end of file on with a half-close. Returns the number of bytes copied.
 fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
-    let mut buffer = [0u8; BUFFER_SIZE];
-    let mut copied = 0;
+    let mut buffer = [0u8; BUFFER_SIZE]; // New in part 2
+    let mut copied = 0; // New in part 2
     let result = loop {
         // A read of 0 bytes means the sender has closed (or half-closed) its side.
         let bytes_read = match from.read(&mut buffer) {
-            Ok(0) => break Ok(copied),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break Err(e),
-        };
+            Ok(0) => break Ok(copied), // New in part 2
+            Ok(n) => n,                // New in part 2
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue, // New in part 2
+            Err(e) => break Err(e),    // New in part 2
+        }; // New in part 2
         // Blocking `write_all` waits until the kernel takes every byte: a slow reader
         // slows this thread down, and no data is ever lost (the bug of C part 2).
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err(e);
-        }
-        copied += bytes_read as u64;
-    };
+            break Err(e); // New in part 2
+        } // New in part 2
+        copied += bytes_read as u64; // New in part 2
+    }; // New in part 2
     match result {
         // `shutdown(Write)` is a half-close: it sends FIN, so the peer reads end of file,
         // while the other direction keeps flowing. The C closed both sides at once. If the
         // peer is already gone there is nobody left to tell, so the result is ignored.
         Ok(_) => {
             let _ = to.shutdown(Shutdown::Write); // New in part 2
-        }
+        } // New in part 2
         // On an error, shut both sockets down completely: that wakes the other thread
         // from its blocking `read`, so it ends too instead of waiting forever.
         Err(_) => {
@@ -160,7 +166,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
             let _ = to.shutdown(Shutdown::Both); // New in part 2
         }
     }
-    result
+    result // New in part 2
     // Each thread drops its two handles here; the fd closes when the last `dup` is gone.
 }
 

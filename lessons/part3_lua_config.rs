@@ -39,22 +39,23 @@ fn main() {
     let args: Vec<String> = env::args().collect();
     if args.len() != 2 {
         eprintln!("Usage: {} <config_file>", args[0]); // New in part 3
-        process::exit(1);
-    }
+        process::exit(1); // New in part 3
+    } // New in part 3
     // Like the C, a config error is one line on stderr and exit status 1.
-    let config = match load_config(&args[1]) {
-        Ok(config) => config,
+    let config_file = &args[1]; // New in part 3
+    let config = match load_config(config_file) {
+        Ok(config) => config, // New in part 3
         Err(message) => {
             eprintln!("{message}"); // New in part 3
             process::exit(1);
         }
-    };
+    }; // New in part 3
     // Each `?` inside `run` stands for one of the C's `perror(...); exit(1);` pairs: the
     // error travels up to here, where we print it and exit with the same status.
     if let Err(e) = run(
-        &config.listen_port,
-        &config.backend_address,
-        &config.backend_port,
+        &config.listen_port,     // New in part 3
+        &config.backend_address, // New in part 3
+        &config.backend_port,    // New in part 3
     ) {
         eprintln!("Error: {e}");
         process::exit(1);
@@ -64,25 +65,25 @@ fn main() {
 /// The three settings, copied out of Lua into plain Rust strings: a `Lua` state is not
 /// `Send`, and the proxy needs nothing else from it once the file has run.
 struct Config {
-    listen_port: String,
-    backend_address: String,
-    backend_port: String,
-}
+    listen_port: String,     // New in part 3
+    backend_address: String, // New in part 3
+    backend_port: String,    // New in part 3
+} // New in part 3
 
 /// Runs the config file and reads its three globals. The error is the whole message.
 fn load_config(path: &str) -> Result<Config, String> {
     // `StdLib::NONE` opens none of `os`, `io`, `string`... (the C opened nothing either).
-    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()) // New in part 3
-        .map_err(|e| format!("Cannot start Lua: {e}"))?;
+    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default())
+        .map_err(|e| format!("Cannot start Lua: {e}"))?; // New in part 3
     // mlua always opens Lua's base library (`print`, `dofile`, `load`...), so the chunk
     // runs with an empty table as its globals: it can set variables and compute, nothing
     // else. Its globals land in `env`, where we read them afterwards.
     let env = lua
         .create_table()
-        .map_err(|e| format!("Cannot start Lua: {e}"))?;
+        .map_err(|e| format!("Cannot start Lua: {e}"))?; // New in part 3
     // We read the file ourselves; the C's `luaL_dofile` said "cannot open" as well.
     let source = fs::read(path)
-        .map_err(|e| format!("Error parsing config file: cannot open {path}: {e}"))?;
+        .map_err(|e| format!("Error parsing config file: cannot open {path}: {e}"))?; // New in part 3
     // No time limit here, as in the C: a config that never ends (a loop, a `__gc`
     // finalizer) keeps the lesson from starting, and Ctrl-C ends it; it is the reader's
     // own file. rsp, which must never hang, runs its config under a watchdog (src/config.rs).
@@ -92,31 +93,31 @@ fn load_config(path: &str) -> Result<Config, String> {
         .set_name(format!("@{path}"))
         .set_mode(ChunkMode::Text)
         .set_environment(env.clone())
-        .exec() // New in part 3
-        .map_err(|e| format!("Error parsing config file: {}", first_line(&e.to_string())))?;
+        .exec()
+        .map_err(|e| format!("Error parsing config file: {}", first_line(&e.to_string())))?; // New in part 3
     // Reading a Lua value as a Rust `String` works like the C's `lua_isstring`: a string,
     // or a number that Lua turns into one (8000 gives "8000"). Anything else, a missing
     // global (nil) included, fails, and we say which setting it was.
     let get = |name: &str| -> Result<String, String> {
-        env.get::<_, String>(name) // New in part 3
-            .map_err(|_| format!("{name} must be a string"))
-    };
+        env.get::<_, String>(name)
+            .map_err(|_| format!("{name} must be a string")) // New in part 3
+    }; // New in part 3
     Ok(Config {
-        listen_port: get("listenPort")?, // New in part 3
-        backend_address: get("backendAddress")?,
-        backend_port: get("backendPort")?,
-    })
-}
+        listen_port: get("listenPort")?,         // New in part 3
+        backend_address: get("backendAddress")?, // New in part 3
+        backend_port: get("backendPort")?,       // New in part 3
+    }) // New in part 3
+} // New in part 3
 
 /// The first line of an error: Lua may append a traceback, and one line is enough here.
 fn first_line(message: &str) -> &str {
-    message.lines().next().unwrap_or(message)
-}
+    message.lines().next().unwrap_or(message) // New in part 3
+} // New in part 3
 
 /// Binds the listening socket, prints the banner, then starts a thread per client, forever.
 fn run(listen_port: &str, backend_addr: &str, backend_port: &str) -> io::Result<()> {
     let listen_port = parse_port("listenPort", listen_port)?; // New in part 3
-    let backend_port = parse_port("backendPort", backend_port)?;
+    let backend_port = parse_port("backendPort", backend_port)?; // New in part 3
     // Every connection thread needs the backend's name; an `Arc` shares one copy.
     let backend_addr: Arc<str> = Arc::from(backend_addr);
     // The C used getaddrinfo with AI_PASSIVE, i.e. it listened on ALL interfaces. We listen

@@ -16,13 +16,16 @@
 //! ```text
 //! make backend                                             # demo backend on port 8888
 //! cargo run --bin part4 -- --broken lessons/part3.lua      # proxy on 8000 (drop --broken)
-//! curl -0 --limit-rate 100k http://127.0.0.1:8000/bytes/20000000 | wc -c
+//! curl -sS --limit-rate 1M http://127.0.0.1:8000/bytes/20000000 | sha256sum
 //! ```
 //!
-//! Observe: with `--broken`, curl says "transfer closed with N bytes remaining" and the
-//! proxy says how many it dropped (`-0` = HTTP/1.0, so the backend closes after the body;
-//! with keep-alive curl would wait for the lost bytes forever); without it every byte
-//! arrives, only slower. Tests: `tests/part4_slow_clients.rs` (`make test-4`).
+//! Observe: curl reads 20 MB at 1 MB/s, slower than the backend sends. Without `--broken`
+//! it takes about 10 s and every byte arrives: the sum is
+//! `b7845ea39a0ca533e557cd890e9af7598151ad50f3408bdf17e80b0f03fb1301` (the demo backend's
+//! `/bytes/N` is always the same `0123456789\n` pattern). With `--broken` it ends at once
+//! with "curl: (18) transfer closed with N bytes remaining to read", another sum, and the
+//! proxy prints how many bytes it dropped (about 15 MB here). Tests:
+//! `tests/part4_slow_clients.rs` (`make test-4`).
 #![forbid(unsafe_code)]
 
 use rlua::{ChunkMode, Lua, LuaOptions, StdLib};
@@ -47,7 +50,8 @@ fn main() {
         process::exit(1);
     }
     // Like the C, a config error is one line on stderr and exit status 1.
-    let config = match load_config(&args[args.len() - 1]) {
+    let config_file = &args[args.len() - 1]; // New in part 4
+    let config = match load_config(config_file) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("{message}");
@@ -150,7 +154,7 @@ fn run(listen_port: &str, backend_addr: &str, backend_port: &str, broken: bool) 
         // `thread::spawn` panics if the OS refuses a thread; `Builder::spawn` returns the
         // error instead, so running out of threads costs one connection, not the proxy.
         let spawned = thread::Builder::new().spawn(move || {
-            let result = handle_client_connection(client, &backend_addr, backend_port, broken);
+            let result = handle_client_connection(client, &backend_addr, backend_port, broken); // New in part 4
             if let Err(e) = result {
                 eprintln!("Connection failed: {e}");
             }
@@ -168,7 +172,7 @@ fn handle_client_connection(
     client: TcpStream,
     backend_addr: &str,
     backend_port: u16,
-    broken: bool,
+    broken: bool, // New in part 4
 ) -> io::Result<()> {
     // `connect` resolves the name and tries each address in turn, like the C's loop.
     let backend = TcpStream::connect((backend_addr, backend_port)).map_err(|e| {
@@ -182,7 +186,7 @@ fn handle_client_connection(
     // client → backend thread's reads turn non-blocking too, so `relay` copes (see there).
     if broken {
         client.set_nonblocking(true)?; // New in part 4
-    }
+    } // New in part 4
 
     // `try_clone` is `dup()`: a second handle on the same socket, so each thread owns
     // one. (Sharing one `TcpStream` behind a Mutex would deadlock: a thread blocked in
@@ -195,8 +199,8 @@ fn handle_client_connection(
     let downstream = if broken {
         lossy_relay(backend, client) // New in part 4
     } else {
-        relay(backend, client)
-    };
+        relay(backend, client) // New in part 4
+    }; // New in part 4
 
     // Wait for the other direction too, so its error (if any) is reported. A panic cannot
     // happen in `relay`, but `join` reports one as an `Err`, which we pass on as text.
@@ -223,7 +227,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(5)); // New in part 4
                 continue; // New in part 4
-            }
+            } // New in part 4
             Err(e) => break Err(e),
         };
         // THE FIX. Blocking `write_all` returns only when the kernel has taken every byte.
@@ -231,7 +235,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // waits, so this thread stops reading the backend, whose own send buffer then
         // fills: backpressure reaches the backend for free, with no queue and no memory
         // growth. An event loop cannot wait here (one thread serves everybody), so it must
-        // queue what the socket refused: that is part 5.
+        // queue what the socket refused: that is the mio lesson.
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
             break Err(e);
@@ -254,40 +258,40 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
     }
     result
     // Each thread drops its two handles here; the fd closes when the last `dup` is gone.
-}
+} // New in part 4
 
 /// THE BUG, kept on purpose (`--broken`): one `write` per chunk into the non-blocking
 /// client socket, and whatever it did not take is forgotten, as the C did before part 4.
 fn lossy_relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
-    let mut buffer = [0u8; BUFFER_SIZE];
-    let (mut copied, mut dropped) = (0u64, 0u64);
+    let mut buffer = [0u8; BUFFER_SIZE]; // New in part 4
+    let (mut copied, mut dropped) = (0u64, 0u64); // New in part 4
     let result = loop {
         let bytes_read = match from.read(&mut buffer) {
-            Ok(0) => break Ok(copied),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break Err(e),
-        };
+            Ok(0) => break Ok(copied), // New in part 4
+            Ok(n) => n,                // New in part 4
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue, // New in part 4
+            Err(e) => break Err(e),    // New in part 4
+        }; // New in part 4
         // A non-blocking `write` takes what fits in the kernel's send buffer (perhaps only
         // part: a short count) or, when the buffer is full, nothing: `WouldBlock` (EAGAIN).
         let written = match to.write(&buffer[..bytes_read]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => break Err(e),
-        };
+            Ok(n) => n,                                           // New in part 4
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0, // New in part 4
+            Err(e) => break Err(e),                               // New in part 4
+        }; // New in part 4
         // The C ignored both cases, so the rest of the chunk was lost. We count it.
-        dropped += (bytes_read - written) as u64;
-        copied += written as u64;
-    };
-    eprintln!("--broken: dropped {dropped} bytes, delivered {copied}");
+        dropped += (bytes_read - written) as u64; // New in part 4
+        copied += written as u64; // New in part 4
+    }; // New in part 4
+    eprintln!("--broken: dropped {dropped} bytes, delivered {copied}"); // New in part 4
     // The same ending as `relay`: half-close after end of file, full shutdown on error.
     if result.is_ok() {
-        let _ = to.shutdown(Shutdown::Write);
+        let _ = to.shutdown(Shutdown::Write); // New in part 4
     } else {
-        let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-    }
-    result
+        let _ = from.shutdown(Shutdown::Both); // New in part 4
+        let _ = to.shutdown(Shutdown::Both); // New in part 4
+    } // New in part 4
+    result // New in part 4
 }
 
 /// Reads a port number from the config, with an error that says which one was bad.

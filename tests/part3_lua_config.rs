@@ -8,12 +8,17 @@
 //! the lessons, as it hung the C; nothing here times Lua out. And they only check that
 //! `os` and `print` are missing, not every other function a config could call.
 //!
-//! Try this:
-//! - In part 3, open the standard libraries (`Lua::new()`) and run the chunk in the real
-//!   globals (no `set_environment`; read `lua.globals()`). Which test fails, and what could
-//!   a config file now do to the machine it runs on?
-//! - In part 3, name the chunk `path` instead of `"@" + path`. What does a syntax error
-//!   say now, and which assertion notices?
+//! Try this (each one: edit `lessons/part3_lua_config.rs`, `make test-3`, look, undo):
+//! - In `load_config`, open the standard libraries and run the chunk in the real globals:
+//!   `let lua = Lua::new();` (drop the `.map_err` after it), `let env = lua.globals();`
+//!   in place of `create_table`, and delete the `.set_environment(env.clone())` line.
+//!   `gives_error_messages_on_nonexistent_or_buggy_config_files` fails at once, on the
+//!   config `home = os.getenv("HOME")`: no "Error parsing config file:" in "listenPort must
+//!   be a string". The call ran: the file read your environment, and could as well have
+//!   run `os.execute("rm -rf ~")`.
+//! - In `load_config`, name the chunk `.set_name(path)` instead of `format!("@{path}")`.
+//!   The same test fails at once, on the table left open: the message now says
+//!   `[string "/…/bad.lua..."]:4:`, so the assertion that looks for `/…/bad.lua:4:` notices.
 
 mod common;
 
@@ -23,13 +28,10 @@ use std::time::Duration;
 /// How long a binary may take to fail on a bad config.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The binaries that read the part-3 config file.
+/// The binaries that read the part-3 config file: the lessons from part 3 on (not `rsp`,
+/// whose `proxy.lua` is different), or a reader's proxy that follows part 3 or later.
 fn config_targets() -> Vec<Target> {
-    let mut targets = vec![Target::Part3, Target::Part4];
-    if cfg!(feature = "mio") {
-        targets.push(Target::Part5);
-    }
-    targets
+    Target::lessons_from(3)
 }
 
 /// Runs `target` on the config `text`, expects it to exit 1 with a one-line message that
@@ -77,12 +79,17 @@ fn gives_error_messages_on_nonexistent_or_buggy_config_files() {
             "{target:?}: missing file: {output:?}"
         );
 
-        // The C test's buggy file, then a syntax error on line 3: the message names the
-        // file and the line.
+        // The C test's buggy file, then a table left open on line 3: the message names the
+        // file and the line where Lua noticed, line 4 (the end of the file, where it still
+        // expected the `}`).
         let buggy = "dfs'df';f'#as'\n";
         assert_config_error(target, buggy, &["Error parsing config file:", "{path}"]);
         let unclosed = "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\nbackendPort = {\n";
-        assert_config_error(target, unclosed, &["Error parsing config file:", "{path}:"]);
+        assert_config_error(
+            target,
+            unclosed,
+            &["Error parsing config file:", "{path}:4:"],
+        );
 
         // A missing setting, and settings of the wrong type.
         let no_backend_port = "listenPort = \"0\"\nbackendAddress = \"127.0.0.1\"\n";

@@ -1,11 +1,14 @@
 //! The demo backend: a tiny HTTP server to put rsp (or a lesson) in front of.
 //!
 //! ```text
-//! demo_backend [PORT] [NAME]      # PORT defaults to 8888; 0 lets the OS choose
+//! demo_backend [PORT] [NAME] [--keep-alive]   # PORT defaults to 8888; 0 lets the OS choose
 //! ```
 //!
 //! It prints the same banner as rsp and the lessons, `Started.  Listening on port N.`,
-//! and serves, one thread per connection, HTTP/1.1 keep-alive or HTTP/1.0:
+//! and serves, one thread per connection. By default it behaves like the C project's mock
+//! (Python's HTTP/1.0 server): one response with `Connection: close`, then it closes, so
+//! part 1, which copies until the backend closes, answers a plain `curl` every time.
+//! `--keep-alive` serves HTTP/1.1 keep-alive instead (the benchmarks use it):
 //! - `/`: a short page naming this instance, so round robin is visible with two running;
 //! - `/bytes/N`: N bytes of the pattern `"0123456789\n"`, streamed in 64 KiB writes;
 //! - `/slow/MS`: the `/` page, after waiting MS milliseconds.
@@ -25,9 +28,12 @@ const MAX_HEAD: usize = 16 * 1024;
 const PATTERN: &[u8] = b"0123456789\n";
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `--keep-alive` may stand anywhere; the rest are positional.
+    let keep_alive_allowed = args.iter().any(|a| a == "--keep-alive");
+    args.retain(|a| a != "--keep-alive");
     if args.len() > 2 || args.iter().any(|a| a.starts_with('-')) {
-        eprintln!("usage: demo_backend [PORT] [NAME]");
+        eprintln!("usage: demo_backend [PORT] [NAME] [--keep-alive]");
         std::process::exit(2);
     }
     let port: u16 = match args.first().map(|p| p.parse()) {
@@ -64,7 +70,7 @@ fn main() {
                 let name = name.clone();
                 thread::spawn(move || {
                     // A client that goes away mid-response is normal; nothing to report.
-                    let _ = serve(stream, &name);
+                    let _ = serve(stream, &name, keep_alive_allowed);
                 });
             }
             Err(e) => {
@@ -75,15 +81,17 @@ fn main() {
     }
 }
 
-/// Serves requests on one connection until the client closes or asks to.
-fn serve(stream: TcpStream, name: &str) -> io::Result<()> {
+/// Serves requests on one connection until the client closes or asks to, or (without
+/// `--keep-alive`) after the first response.
+fn serve(stream: TcpStream, name: &str, keep_alive_allowed: bool) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
-        let Some((path, keep_alive)) = read_head(&mut reader)? else {
+        let Some((path, asked_keep_alive)) = read_head(&mut reader)? else {
             return Ok(()); // the client closed between requests
         };
+        let keep_alive = keep_alive_allowed && asked_keep_alive;
         respond(&mut writer, &path, name, keep_alive)?;
         if !keep_alive {
             return Ok(());

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -184,28 +184,151 @@ pub fn sha256(data: &[u8]) -> String {
 // Clients
 // ---------------------------------------------------------------------------------------
 
+/// The read and write timeout of every client socket the tests open.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects to the proxy on 127.0.0.1:`port` with 10 s read and write timeouts.
 pub fn connect(port: u16) -> TcpStream {
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to proxy");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("cannot connect to the proxy on 127.0.0.1:{port}: {e}"));
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
     stream
 }
 
-/// Sends `GET path` through the proxy and returns the whole response (head and body).
+/// Names the failure: a socket timeout surfaces as `WouldBlock` ("Resource temporarily
+/// unavailable (os error 11)") on Linux, which nobody reads as "timed out"; this says
+/// "timed out after 10 s waiting for `what`". Other errors get `what` in front.
+pub fn explain(error: io::Error, what: &str) -> io::Error {
+    match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "timed out after {} s waiting for {what}",
+                CLIENT_TIMEOUT.as_secs()
+            ),
+        ),
+        _ => io::Error::new(error.kind(), format!("{what}: {error}")),
+    }
+}
+
+/// Reads until end of file, like `read_to_end`, but a timeout or an error says what it
+/// was waiting for and how many bytes had arrived.
+pub fn read_all(stream: &mut TcpStream, what: &str) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    match stream.read_to_end(&mut data) {
+        Ok(_) => Ok(data),
+        Err(e) => Err(explain(
+            e,
+            &format!(
+                "{what} to end (the connection to close); {} bytes had arrived",
+                data.len()
+            ),
+        )),
+    }
+}
+
+/// Sends `GET path` (HTTP/1.0, `Connection: close`) through the proxy and returns the
+/// whole response (head and body), read until the connection closes.
 pub fn http_get(port: u16, path: &str) -> io::Result<Vec<u8>> {
     let mut stream = connect(port);
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    Ok(response)
+    // One `write_all` of the whole request: `write!` straight onto a socket may send each
+    // formatted piece in its own segment, and part 1 reads the request only once.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| explain(e, "the proxy to take the request"))?;
+    read_all(&mut stream, &format!("the response to GET {path}"))
+}
+
+/// Sends `GET path` as a plain `curl` does (HTTP/1.1, no `Connection: close`, so the
+/// server may keep the connection open), and reads the response as curl does: the head,
+/// then `Content-Length` bytes of body. It does not wait for the connection to close.
+/// Returns the head and the body.
+pub fn curl_get(port: u16, path: &str) -> io::Result<(String, Vec<u8>)> {
+    let mut stream = connect(port);
+    // One write, as curl does (see `http_get`).
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| explain(e, "the proxy to take the request"))?;
+    let mut data = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Bounded: every read either adds bytes, ends, or times out after 10 s.
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buffer).map_err(|e| {
+            explain(
+                e,
+                &format!("the response head ({} bytes had arrived)", data.len()),
+            )
+        })?;
+        if n == 0 {
+            return Err(io::Error::other(format!(
+                "the connection closed before the end of the response head ({} bytes had arrived)",
+                data.len()
+            )));
+        }
+        data.extend_from_slice(&buffer[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .ok_or_else(|| io::Error::other(format!("no Content-Length in {head:?}")))?;
+    let mut body = data[head_end..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut buffer).map_err(|e| {
+            explain(
+                e,
+                &format!("the body: {} of {length} bytes had arrived", body.len()),
+            )
+        })?;
+        if n == 0 {
+            return Err(io::Error::other(format!(
+                "the connection closed after {} of the body's {length} bytes",
+                body.len()
+            )));
+        }
+        body.extend_from_slice(&buffer[..n]);
+    }
+    Ok((head, body))
+}
+
+/// Asserts that `got` is `expected`, byte for byte; a failure says how many bytes are
+/// missing (or extra) and where the first difference is, never a 11 MB dump.
+pub fn assert_same_bytes(what: &str, got: &[u8], expected: &[u8]) {
+    let first_difference = got.iter().zip(expected).position(|(a, b)| a != b);
+    if let Some(at) = first_difference {
+        panic!(
+            "{what}: the bytes differ from offset {at} on ({} bytes received, {} expected)",
+            got.len(),
+            expected.len()
+        );
+    }
+    if got.len() < expected.len() {
+        panic!(
+            "{what}: {} of {} bytes missing: the first {} arrived intact, then the data ended",
+            expected.len() - got.len(),
+            expected.len(),
+            got.len()
+        );
+    }
+    if got.len() > expected.len() {
+        panic!(
+            "{what}: {} bytes too many after the expected {}",
+            got.len() - expected.len(),
+            expected.len()
+        );
+    }
 }
 
 /// The body of an HTTP response (everything after the blank line).
@@ -228,7 +351,8 @@ pub fn assert_hello(response: &[u8]) {
 // ---------------------------------------------------------------------------------------
 
 /// A binary under test and the way it takes its settings, as its C counterpart did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Failure messages name it with `{target:?}`.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// `part1 <listen_port> <backend_addr> <backend_port>`
     Part1,
@@ -246,30 +370,116 @@ pub enum Target {
     Rsp,
     /// `rsp <proxy.lua>` with `mode = "mio"`
     RspMio,
+    /// A reader's own proxy (`make test-N BIN=path`, or the environment variables
+    /// [`BIN_VAR`] and [`PART_VAR`]), started with lesson part `part`'s command line:
+    /// parts 1 and 2 take `LISTEN_PORT BACKEND_HOST BACKEND_PORT`, later parts a Lua
+    /// config file with `listenPort`, `backendAddress` and `backendPort`.
+    Bin { path: &'static str, part: u8 },
+}
+
+impl std::fmt::Debug for Target {
+    /// The variant's name, or for a reader's proxy its path and the part it follows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Target::Part1 => "Part1",
+            Target::Part2 => "Part2",
+            Target::Part3 => "Part3",
+            Target::Part4 => "Part4",
+            Target::Part4Broken => "Part4Broken",
+            Target::Part5 => "Part5",
+            Target::Rsp => "Rsp",
+            Target::RspMio => "RspMio",
+            Target::Bin { path, part } => return write!(f, "{path} (as part {part})"),
+        };
+        f.write_str(name)
+    }
 }
 
 /// Whether rsp's `mode = "mio"` is built and implemented (flip when the mio issue lands).
 pub const RSP_MIO_READY: bool = true;
 
+/// The environment variable naming a reader's own proxy to test instead of ours.
+pub const BIN_VAR: &str = "RSP_TEST_BIN";
+/// The lesson part whose command line that proxy follows (1, 2, 3, ...).
+pub const PART_VAR: &str = "RSP_TEST_PART";
+
+/// The lessons, in order: the part that introduced each one's behaviour. A new lesson is
+/// one more row (and one arm in [`Target::binary`] and [`Target::start_with`]).
+fn lessons() -> Vec<(u8, Target)> {
+    let mut lessons = vec![
+        (1, Target::Part1),
+        (2, Target::Part2),
+        (3, Target::Part3),
+        (4, Target::Part4),
+    ];
+    if cfg!(feature = "mio") {
+        lessons.push((5, Target::Part5));
+    }
+    lessons
+}
+
+/// The reader's proxy from [`BIN_VAR`] and [`PART_VAR`], if they are set. A bad value is
+/// one clear panic, not a silent run against our own binaries.
+pub fn own_proxy() -> Option<Target> {
+    static OWN: OnceLock<Option<Target>> = OnceLock::new();
+    *OWN.get_or_init(|| {
+        let path = std::env::var(BIN_VAR).ok().filter(|p| !p.is_empty())?;
+        let part = std::env::var(PART_VAR).unwrap_or_default();
+        let part: u8 = part.parse().unwrap_or_else(|_| {
+            panic!("{BIN_VAR}={path} needs {PART_VAR}=N, the lesson part whose command line it follows; got {part:?}")
+        });
+        assert!(
+            Path::new(&path).is_file(),
+            "{BIN_VAR}={path}: no such file (build your proxy first)"
+        );
+        Some(Target::Bin {
+            path: Box::leak(path.into_boxed_str()),
+            part,
+        })
+    })
+}
+
+/// When a reader's proxy is under test, says (on one line) that the check `what` is
+/// skipped and why, and returns true. For checks that need this project's own source.
+pub fn skipped_for_own_proxy(what: &str, why: &str) -> bool {
+    if let Some(Target::Bin { path, .. }) = own_proxy() {
+        println!("skipped for {path}: {what}: {why}");
+        return true;
+    }
+    false
+}
+
 impl Target {
     /// Every target that has the behaviour introduced by lesson part `n`: that part, every
     /// later part, and `rsp` (in each mode it has). `Part4Broken` is never included: it is
-    /// only used to show part 4's bug.
+    /// only used to show part 4's bug. With a reader's proxy under test ([`own_proxy`]),
+    /// only that proxy, and only if its part is `n` or later.
     pub fn from_part(n: u8) -> Vec<Target> {
-        let mut targets: Vec<Target> = [
-            (1, Target::Part1),
-            (2, Target::Part2),
-            (3, Target::Part3),
-            (4, Target::Part4),
-        ]
-        .into_iter()
-        .filter(|(part, _)| *part >= n)
-        .map(|(_, t)| t)
-        .collect();
-        if cfg!(feature = "mio") {
-            targets.push(Target::Part5);
+        if let Some(own) = own_proxy() {
+            return match own {
+                Target::Bin { part, .. } if part >= n => vec![own],
+                _ => {
+                    println!(
+                        "skipped: part {n}'s behaviour, which the proxy under test (a later part's) need not have"
+                    );
+                    vec![]
+                }
+            };
         }
+        let mut targets: Vec<Target> = lessons()
+            .into_iter()
+            .filter(|(part, _)| *part >= n)
+            .map(|(_, t)| t)
+            .collect();
         targets.extend(Target::rsp_modes());
+        targets
+    }
+
+    /// The lessons from part `n` on that read part 3's Lua config (no `rsp`), or the
+    /// reader's proxy if it follows part `n` or later.
+    pub fn lessons_from(n: u8) -> Vec<Target> {
+        let mut targets = Target::from_part(n);
+        targets.retain(|t| !matches!(t, Target::Rsp | Target::RspMio));
         targets
     }
 
@@ -282,7 +492,18 @@ impl Target {
         }
     }
 
-    /// The path of the binary Cargo built for this target.
+    /// How many threads this target has once every connection has ended, if it is a
+    /// lesson that starts threads per connection (so a count above this is a leak).
+    /// `None` for targets whose count is not theirs to promise (rsp's pool, the event
+    /// loop, a reader's proxy). Part 5 (the worker pool) joins with `Some(1 + workers)`.
+    pub fn idle_threads(self) -> Option<usize> {
+        match self {
+            Target::Part2 | Target::Part3 | Target::Part4 | Target::Part4Broken => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The path of the binary under test.
     pub fn binary(self) -> &'static str {
         match self {
             Target::Part1 => env!("CARGO_BIN_EXE_part1"),
@@ -294,6 +515,7 @@ impl Target {
             #[cfg(not(feature = "mio"))]
             Target::Part5 => panic!("part5 needs the `mio` feature"),
             Target::Rsp | Target::RspMio => env!("CARGO_BIN_EXE_rsp"),
+            Target::Bin { path, .. } => path,
         }
     }
 
@@ -321,7 +543,8 @@ impl Target {
         };
         let args: Vec<String> = match self {
             Target::Part1 | Target::Part2 => port_args(&[]),
-            Target::Part3 | Target::Part4 | Target::Part5 => {
+            Target::Bin { part, .. } if part <= 2 => port_args(&[]),
+            Target::Part3 | Target::Part4 | Target::Part5 | Target::Bin { .. } => {
                 vec![lesson_lua().display().to_string()]
             }
             Target::Part4Broken => vec!["--broken".into(), lesson_lua().display().to_string()],
