@@ -1,7 +1,7 @@
 # rsp: thin wrappers over cargo. `make` alone prints this help.
 .DEFAULT_GOAL := help
 .PHONY: help build run backend test lint clean diff \
-        run-1 run-2 run-3 run-4 run-5 test-1 test-2 test-3 test-4 test-5
+        run-1 run-2 run-3 run-4 run-5 run-6 test-1 test-2 test-3 test-4 test-5 test-6
 .PHONY: bench bench-deps
 
 CARGO ?= cargo
@@ -44,6 +44,8 @@ run-4: ## run lesson part 4 (lessons/part3.lua) in front of the demo backend
 	$(call with_backend,$(BIN)/part4 lessons/part3.lua)
 run-5: ## run lesson part 5 (lessons/part3.lua) in front of the demo backend
 	$(call with_backend,$(BIN)/part5 lessons/part3.lua)
+run-6: ## run lesson part 6 (lessons/part3.lua) in front of the demo backend
+	$(call with_backend,$(BIN)/part6 lessons/part3.lua)
 
 test: ## run every test (with and without the mio feature), then the lint
 	$(CARGO) test
@@ -59,7 +61,9 @@ test-3: ## run part 3's tests
 test-4: ## run part 4's tests
 	$(CARGO) test --test part4_slow_clients
 test-5: ## run part 5's tests
-	$(CARGO) test --test part5_mio
+	$(CARGO) test --test part5_worker_pool
+test-6: ## run part 6's tests
+	$(CARGO) test --test part6_mio
 
 diff: ## show what changed between two lessons: make diff A=1 B=2
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=1 B=2"; exit 2; }

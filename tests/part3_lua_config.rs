@@ -1,7 +1,7 @@
 //! Part 3's behaviour, as exercises: `make test-3` (or `cargo test --test part3_lua_config`).
 //!
-//! Parts 3, 4 and 5 read the same Lua config (`part4 [--broken] <config.lua>`,
-//! `part5 <config.lua>`), so these tests run against all three. `rsp` reads a different
+//! Parts 3, 4, 5 and 6 read the same Lua config (`part4 [--broken] <config.lua>`,
+//! `part5 <config.lua>`, `part6 <config.lua>`), so these tests run against all four. `rsp` reads a different
 //! config (`proxy.lua`), which its own tests cover. A failure names the target.
 //!
 //! What these tests cannot see: a config that loops forever (`while true do end`) hangs
@@ -25,9 +25,9 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The binaries that read the part-3 config file.
 fn config_targets() -> Vec<Target> {
-    let mut targets = vec![Target::Part3, Target::Part4];
+    let mut targets = vec![Target::Part3, Target::Part4, Target::Part5];
     if cfg!(feature = "mio") {
-        targets.push(Target::Part5);
+        targets.push(Target::Part6);
     }
     targets
 }

@@ -17,7 +17,7 @@
 //!   whose count is ignored. Which target fails, and with how many bytes missing?
 //! - Set `PAUSE` to zero. Does `--broken` still lose bytes on your machine? (Loopback
 //!   buffers are big; that is how the C's bug survived its first tests.)
-//! - In `lessons/part5_mio.rs`, make `HIGH_WATER` tiny (say 1). Is the body still intact?
+//! - In `lessons/part6_mio.rs`, make `HIGH_WATER` tiny (say 1). Is the body still intact?
 //!   (It should be: the mark is about memory, never about correctness.)
 
 mod common;

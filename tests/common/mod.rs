@@ -240,8 +240,10 @@ pub enum Target {
     Part4,
     /// `part4 --broken <config.lua>`: the C's lossy non-blocking write, on purpose
     Part4Broken,
-    /// `part5 <config.lua>`: the mio event loop
+    /// `part5 <config.lua>`: the worker pool
     Part5,
+    /// `part6 <config.lua>`: the mio event loop
+    Part6,
     /// `rsp <proxy.lua>` in threads mode
     Rsp,
     /// `rsp <proxy.lua>` with `mode = "mio"`
@@ -261,13 +263,14 @@ impl Target {
             (2, Target::Part2),
             (3, Target::Part3),
             (4, Target::Part4),
+            (5, Target::Part5),
         ]
         .into_iter()
         .filter(|(part, _)| *part >= n)
         .map(|(_, t)| t)
         .collect();
-        if cfg!(feature = "mio") {
-            targets.push(Target::Part5);
+        if cfg!(feature = "mio") && n <= 6 {
+            targets.push(Target::Part6);
         }
         targets.extend(Target::rsp_modes());
         targets
@@ -289,10 +292,11 @@ impl Target {
             Target::Part2 => env!("CARGO_BIN_EXE_part2"),
             Target::Part3 => env!("CARGO_BIN_EXE_part3"),
             Target::Part4 | Target::Part4Broken => env!("CARGO_BIN_EXE_part4"),
-            #[cfg(feature = "mio")]
             Target::Part5 => env!("CARGO_BIN_EXE_part5"),
+            #[cfg(feature = "mio")]
+            Target::Part6 => env!("CARGO_BIN_EXE_part6"),
             #[cfg(not(feature = "mio"))]
-            Target::Part5 => panic!("part5 needs the `mio` feature"),
+            Target::Part6 => panic!("part6 needs the `mio` feature"),
             Target::Rsp | Target::RspMio => env!("CARGO_BIN_EXE_rsp"),
         }
     }
@@ -321,7 +325,7 @@ impl Target {
         };
         let args: Vec<String> = match self {
             Target::Part1 | Target::Part2 => port_args(&[]),
-            Target::Part3 | Target::Part4 | Target::Part5 => {
+            Target::Part3 | Target::Part4 | Target::Part5 | Target::Part6 => {
                 vec![lesson_lua().display().to_string()]
             }
             Target::Part4Broken => vec!["--broken".into(), lesson_lua().display().to_string()],

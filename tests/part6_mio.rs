@@ -1,19 +1,16 @@
-//! Part 5: the event loop survives disconnects, passes half-closes on, and keeps a slow
-//! client's backlog small.
+//! Part 6: the event loop passes half-closes on, and keeps a slow client's backlog small.
 //!
-//! `can_handle_client_disconnect` is the C's test from after the series (rsp crashed when
-//! a browser went away mid-response): a client reads 1 KiB of the 11 MB reply and drops
-//! the connection; the next request must still work, and nothing may leak. The other two
-//! tests check what part 5 adds to the C: half-close, and the high-water mark. The slow
-//! reader of `tests/part4_slow_clients.rs` and the concurrency test of
-//! `tests/part2_threads.rs` run against part 5 too.
+//! These check what part 6 adds to the C: half-close, and the high-water mark. The tests
+//! of every earlier part run against part 6 too: the C's client-disconnect test
+//! (`tests/part5_worker_pool.rs`), the slow reader of `tests/part4_slow_clients.rs` and the
+//! concurrency test of `tests/part2_threads.rs`.
 //!
-//! What these cannot see: a leak too small to show in one connection's thread and fd
-//! counts, or a queue that grows only under patterns other than "not reading at all".
+//! What these cannot see: a queue that grows only under patterns other than "not reading
+//! at all".
 //! RSS counts the proxy's heap, not the kernel's socket buffers.
 //!
 //! Try this:
-//! - In `lessons/part5_mio.rs`, remove `side.queue.is_empty() &&` from `send` (the
+//! - In `lessons/part6_mio.rs`, remove `side.queue.is_empty() &&` from `send` (the
 //!   ordering invariant) and run `make test-4`. It most likely still passes: `relay` has
 //!   just found the socket full, so the direct write nearly always fails too. Why is a
 //!   bug that needs that small a window exactly the kind no test run will catch?
@@ -24,80 +21,18 @@
 
 mod common;
 
-use common::{Backend, Proxy, Target, body, connect, http_get, large_body, random_bytes, sha256};
+use common::{Backend, Target, connect, random_bytes, sha256};
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// Targets that serve each connection with its own threads, so their thread count shows
-/// whether a connection's threads ended.
-fn thread_based(target: Target) -> bool {
-    !matches!(target, Target::Part5 | Target::RspMio)
-}
-
-/// Waits (bounded) until `read` gives the same value five times in a row, 50 ms apart.
-fn settled(proxy: &Proxy, read: impl Fn(&Proxy) -> usize) -> usize {
-    let mut last = read(proxy);
-    let mut same = 0;
-    for _ in 0..100 {
-        thread::sleep(Duration::from_millis(50));
-        let now = read(proxy);
-        same = if now == last { same + 1 } else { 0 };
-        last = now;
-        if same == 5 {
-            break;
-        }
-    }
-    last
-}
-
-/// A client that drops the connection after 1 KiB of a large reply harms nobody else.
-#[test]
-fn can_handle_client_disconnect() {
-    let backend = Backend::large();
-    let expected = sha256(&large_body());
-    let mut targets = vec![Target::Part4];
-    targets.extend(Target::from_part(5));
-    for target in targets {
-        let mut proxy = target.start(backend.port);
-        let response = http_get(proxy.port, "/").unwrap();
-        assert_eq!(sha256(body(&response)), expected, "{target:?}: warm-up");
-        let idle_threads = settled(&proxy, Proxy::threads);
-        let idle_fds = settled(&proxy, Proxy::fds);
-
-        // Read 1 KiB, then drop: unread data in our receive buffer makes the kernel send
-        // a reset, so the proxy's next write to us fails.
-        let mut stream = connect(proxy.port);
-        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        let mut first = [0u8; 1024];
-        stream.read_exact(&mut first).unwrap();
-        drop(stream);
-
-        let response = http_get(proxy.port, "/").unwrap();
-        assert_eq!(
-            sha256(body(&response)),
-            expected,
-            "{target:?}: next request"
-        );
-        let status = proxy.child.try_wait().unwrap();
-        assert!(status.is_none(), "{target:?}: proxy exited: {status:?}");
-        let fds_back = proxy.eventually(Duration::from_secs(2), |p| p.fds() <= idle_fds);
-        assert!(fds_back, "{target:?}: {} fds, {idle_fds} idle", proxy.fds());
-        if thread_based(target) {
-            let back = proxy.eventually(Duration::from_secs(2), |p| p.threads() <= idle_threads);
-            let now = proxy.threads();
-            assert!(back, "{target:?}: {now} threads, {idle_threads} idle");
-        }
-    }
-}
 
 /// The client half-closes (sends FIN) and still receives everything the backend sends.
 #[test]
 fn can_pass_on_a_half_close() {
     let backend = Backend::echo();
     let data = random_bytes(1024 * 1024, 5);
-    for target in Target::from_part(5) {
+    for target in Target::from_part(6) {
         let proxy = target.start(backend.port);
         let mut stream = connect(proxy.port);
         // Write on another thread: an echo that nobody reads would fill every buffer.
@@ -137,7 +72,7 @@ fn keeps_memory_small_for_a_client_that_does_not_read() {
             }
         }
     });
-    for target in Target::from_part(5) {
+    for target in Target::from_part(6) {
         let proxy = target.start(backend.port);
         let idle = proxy.rss_kib();
         let mut peak = idle;
