@@ -10,14 +10,18 @@
 //! RSS counts the proxy's heap, not the kernel's socket buffers.
 //!
 //! Try this:
-//! - In `lessons/part6_mio.rs`, remove `side.queue.is_empty() &&` from `send` (the
-//!   ordering invariant) and run `make test-4`. It most likely still passes: `relay` has
-//!   just found the socket full, so the direct write nearly always fails too. Why is a
-//!   bug that needs that small a window exactly the kind no test run will catch?
-//! - Set `HIGH_WATER` to `usize::MAX` (no mark, like the C). Which test fails, and by how
-//!   many MiB?
-//! - Make `Connection::pump` return `Ok(true)` as soon as one side has sent EOF (closing
-//!   both at once, as the C's part 2 did). Which test notices?
+//! - In `lessons/part6_mio.rs`, in `send`, replace `if side.queue.is_empty()` with `if true`
+//!   (the ordering invariant gone). `make test-4` still passes, but `make test-6` fails in
+//!   `keeps_memory_small_for_a_client_that_does_not_read` with a wrong byte (here at offset
+//!   17,434,670): once a queue exists, a write that skips it puts new bytes ahead of old
+//!   ones. Why does the slow reader of part 4 almost never leave a queue behind?
+//! - Set `HIGH_WATER` to `usize::MAX` (no mark, like the C).
+//!   `keeps_memory_small_for_a_client_that_does_not_read` fails within seconds: RSS grows
+//!   by about 60 MiB, the whole 64 MiB response, where the limit is 20 MiB.
+//! - In `pump`, return `Ok(self.sides.iter().any(|side| side.read_closed))`: the
+//!   connection closes once one side has sent EOF, as the C's part 2 did.
+//!   `can_pass_on_a_half_close` notices only sometimes (1 run in 3 here): the echo is
+//!   usually back before the client's FIN is read. How would you make it notice every time?
 
 mod common;
 
