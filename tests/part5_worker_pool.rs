@@ -355,6 +355,7 @@ fn a_pool_bounds_the_threads_that_part4_starts_per_client() {
         "part 4: timed out after 60 s waiting for more than {CLIENTS} threads (has {})",
         proxy.threads()
     );
+    println!("part 4 with {CLIENTS} clients: {} threads", proxy.threads());
     gate.open();
     assert_all_answered(Target::Part4, clients);
 
