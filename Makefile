@@ -1,7 +1,7 @@
 # rsp: thin wrappers over cargo. `make` alone prints this help.
 .DEFAULT_GOAL := help
 .PHONY: help build run backend test lint clean diff \
-        run-1 run-2 run-3 run-4 run-5 test-1 test-2 test-3 test-4 test-5
+        run-1 run-2 run-3 run-4 run-5 run-6 test-1 test-2 test-3 test-4 test-5 test-6
 .PHONY: bench bench-deps
 
 CARGO ?= cargo
@@ -49,6 +49,8 @@ run-4: ## run lesson part 4 (lessons/part3.lua) in front of the demo backend
 	$(call with_backend,$(BIN)/part4 lessons/part3.lua)
 run-5: ## run lesson part 5 (lessons/part3.lua) in front of the demo backend
 	$(call with_backend,$(BIN)/part5 lessons/part3.lua)
+run-6: ## run lesson part 6 (lessons/part3.lua) in front of the demo backend
+	$(call with_backend,$(BIN)/part6 lessons/part3.lua)
 
 test: ## run every test (with and without the mio feature), then the lint
 	$(CARGO) test
@@ -73,8 +75,10 @@ test-3: ## run part 3's tests (BIN=…: parts 1–3's tests against your proxy)
 	$(call lesson_tests,3)
 test-4: ## run part 4's tests (BIN=…: parts 1–4's tests against your proxy)
 	$(call lesson_tests,4)
-test-5: ## run part 5's tests
-	$(CARGO) test --test part5_mio
+test-5: ## run part 5's tests (BIN=…: parts 1–5's tests against your proxy)
+	$(call lesson_tests,5)
+test-6: ## run part 6's tests (BIN=…: parts 1–6's tests against your proxy)
+	$(call lesson_tests,6)
 
 # The lessons mark each new or changed line `// New in part N`; those marks would show up
 # as changes of their own, so both files are compared with the marks stripped.
@@ -83,8 +87,8 @@ diff: ## show the code that changed between two lessons: make diff A=1 B=2
 	@a=$(wildcard lessons/part$(A)_*.rs); b=$(wildcard lessons/part$(B)_*.rs); \
 	test -n "$$a" -a -n "$$b" || { echo "make diff: no lessons/part$(A)_*.rs or lessons/part$(B)_*.rs"; exit 2; }; \
 	mkdir -p target/diff; \
-	sed 's| *// New in part [0-9]*$$||' "$$a" > target/diff/a.rs; \
-	sed 's| *// New in part [0-9]*$$||' "$$b" > target/diff/b.rs; \
+	sed -e '/^ *\/\/ New in part [0-9]*$$/d' -e 's| *// New in part [0-9]*$$||' "$$a" > target/diff/a.rs; \
+	sed -e '/^ *\/\/ New in part [0-9]*$$/d' -e 's| *// New in part [0-9]*$$||' "$$b" > target/diff/b.rs; \
 	diff -u --label "$$a" --label "$$b" target/diff/a.rs target/diff/b.rs || true
 
 lint: ## cargo fmt --check and clippy with warnings as errors

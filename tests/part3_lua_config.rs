@@ -1,8 +1,9 @@
 //! Part 3's behaviour, as exercises: `make test-3` (or `cargo test --test part3_lua_config`).
 //!
-//! Parts 3, 4 and 5 read the same Lua config (`part4 [--broken] <config.lua>`,
-//! `part5 <config.lua>`), so these tests run against all three. `rsp` reads a different
-//! config (`proxy.lua`), which its own tests cover. A failure names the target.
+//! Parts 3, 4, 5 and 6 read the same Lua config (`part4 [--broken] <config.lua>`,
+//! `part5 <config.lua>`, `part6 <config.lua>`), so these tests run against all four.
+//! `rsp` reads a different config (`proxy.lua`), which its own tests cover. A failure
+//! names the target.
 //!
 //! What these tests cannot see: a config that loops forever (`while true do end`) hangs
 //! the lessons, as it hung the C; nothing here times Lua out. And they only check that

@@ -364,8 +364,10 @@ pub enum Target {
     Part4,
     /// `part4 --broken <config.lua>`: the C's lossy non-blocking write, on purpose
     Part4Broken,
-    /// `part5 <config.lua>`: the mio event loop
+    /// `part5 <config.lua>`: the worker pool
     Part5,
+    /// `part6 <config.lua>`: the mio event loop
+    Part6,
     /// `rsp <proxy.lua>` in threads mode
     Rsp,
     /// `rsp <proxy.lua>` with `mode = "mio"`
@@ -387,6 +389,7 @@ impl std::fmt::Debug for Target {
             Target::Part4 => "Part4",
             Target::Part4Broken => "Part4Broken",
             Target::Part5 => "Part5",
+            Target::Part6 => "Part6",
             Target::Rsp => "Rsp",
             Target::RspMio => "RspMio",
             Target::Bin { path, part } => return write!(f, "{path} (as part {part})"),
@@ -411,9 +414,10 @@ fn lessons() -> Vec<(u8, Target)> {
         (2, Target::Part2),
         (3, Target::Part3),
         (4, Target::Part4),
+        (5, Target::Part5),
     ];
     if cfg!(feature = "mio") {
-        lessons.push((5, Target::Part5));
+        lessons.push((6, Target::Part6));
     }
     lessons
 }
@@ -495,10 +499,12 @@ impl Target {
     /// How many threads this target has once every connection has ended, if it is a
     /// lesson that starts threads per connection (so a count above this is a leak).
     /// `None` for targets whose count is not theirs to promise (rsp's pool, the event
-    /// loop, a reader's proxy). Part 5 (the worker pool) joins with `Some(1 + workers)`.
+    /// loop, a reader's proxy).
     pub fn idle_threads(self) -> Option<usize> {
         match self {
             Target::Part2 | Target::Part3 | Target::Part4 | Target::Part4Broken => Some(1),
+            // The main thread, the default 8 workers and ctrlc's signal thread.
+            Target::Part5 => Some(10),
             _ => None,
         }
     }
@@ -510,10 +516,11 @@ impl Target {
             Target::Part2 => env!("CARGO_BIN_EXE_part2"),
             Target::Part3 => env!("CARGO_BIN_EXE_part3"),
             Target::Part4 | Target::Part4Broken => env!("CARGO_BIN_EXE_part4"),
-            #[cfg(feature = "mio")]
             Target::Part5 => env!("CARGO_BIN_EXE_part5"),
+            #[cfg(feature = "mio")]
+            Target::Part6 => env!("CARGO_BIN_EXE_part6"),
             #[cfg(not(feature = "mio"))]
-            Target::Part5 => panic!("part5 needs the `mio` feature"),
+            Target::Part6 => panic!("part6 needs the `mio` feature"),
             Target::Rsp | Target::RspMio => env!("CARGO_BIN_EXE_rsp"),
             Target::Bin { path, .. } => path,
         }
@@ -544,7 +551,7 @@ impl Target {
         let args: Vec<String> = match self {
             Target::Part1 | Target::Part2 => port_args(&[]),
             Target::Bin { part, .. } if part <= 2 => port_args(&[]),
-            Target::Part3 | Target::Part4 | Target::Part5 | Target::Bin { .. } => {
+            Target::Part3 | Target::Part4 | Target::Part5 | Target::Part6 | Target::Bin { .. } => {
                 vec![lesson_lua().display().to_string()]
             }
             Target::Part4Broken => vec!["--broken".into(), lesson_lua().display().to_string()],

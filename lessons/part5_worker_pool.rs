@@ -1,0 +1,299 @@
+//! # Part 5: a worker pool, timestamped logs, and Ctrl-C
+//!
+//! Mirrors what the C did after the series, once it ran in front of the author's blog
+//! (Oct 2013 – Feb 2014): timestamped logs (`86132d3`, `1b90d5c`), a client that leaves
+//! halfway (`3816909`), resets (`86a493e`), EPIPE taken as a reset (`071a933`). It is also
+//! `rsp`'s threads mode in one file: a blocking accept loop hands each client to a pool.
+//!
+//! Changes since part 4 (`--broken` is gone: from here on only the fix is kept):
+//! - a fixed pool of `workers` threads (config key, default 8) fed by a `crossbeam_channel`
+//!   with room for nobody: while every worker is busy the accept loop waits, and new
+//!   clients wait in the kernel's listen backlog; nobody is turned away;
+//! - each worker copies both directions, the second on a `thread::scope` thread;
+//! - `simplelog` lines stamped as the C's were, one per connection as it ends;
+//! - Ctrl-C stops accepting, lets every client finish, and exits 0 (`ctrlc`).
+//!
+//! (rustfmt moves the marker of a line that ends in `{` or `(` to a line of its own below.)
+//!
+//! Run it (three terminals; or `make run-5`, which starts the demo backend for you):
+//!
+//! ```text
+//! make backend                                       # demo backend on port 8888
+//! cargo run --bin part5 -- lessons/part3.lua         # proxy on port 8000
+//! curl http://127.0.0.1:8000/                        # then press Ctrl-C in the proxy
+//! ```
+//!
+//! Observe: a log line per request; `ps -o nlwp= -p $(pgrep part5)` says 10 threads (main,
+//! Ctrl-C, 8 workers) plus one per client being served. Tests: `tests/part5_worker_pool.rs`
+//! (`make test-5`); every earlier part's tests run against part 5 too.
+#![forbid(unsafe_code)]
+
+use crossbeam_channel::{Receiver, bounded}; // New in part 5
+use log::{error, info}; // New in part 5
+use rlua::{ChunkMode, Lua, LuaOptions, StdLib};
+use simplelog::{ConfigBuilder, LevelFilter, SimpleLogger}; // New in part 5
+use std::env;
+use std::fs;
+use std::io::ErrorKind::{BrokenPipe, ConnectionReset}; // New in part 5
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering}; // New in part 5
+use std::thread;
+
+/// The C read each chunk into a 4096-byte buffer.
+const BUFFER_SIZE: usize = 4096;
+/// Clients served at once when the config does not say `workers = N`.
+const DEFAULT_WORKERS: usize = 8; // New in part 5
+
+fn main() {
+    init_logging(); // New in part 5
+    let args: Vec<String> = env::args().collect();
+    if args.len() != 2 {
+        eprintln!("Usage: {} <config_file>", args[0]); // New in part 5
+        process::exit(1);
+    }
+    // Like the C, a config error is one line on stderr and exit status 1.
+    let config = match load_config(&args[args.len() - 1]) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            process::exit(1);
+        }
+    };
+    // `run` returns `Ok` only after Ctrl-C, once every client is served: then we exit 0.
+    if let Err(e) = run(&config) {
+        error!("Error: {e}"); // New in part 5
+        process::exit(1);
+    }
+}
+
+/// Log lines look like the C's: `[2013-10-14 18:05:01.123456 +0100] message`.
+fn init_logging() {
+    let mut builder = ConfigBuilder::new(); // New in part 5
+    // A `time` format description: `[name]` is a field, and `[[` is a literal bracket.
+    builder.set_time_format_custom(simplelog::format_description!(
+        "[[[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6] [offset_hour sign:mandatory][offset_minute]]" // New in part 5
+    )); // New in part 5
+    builder.set_max_level(LevelFilter::Off); // New in part 5: no "[INFO]" tag, as in the C
+    // The UTC offset can only be read while no other thread runs; else the lines are UTC.
+    let _ = builder.set_time_offset_to_local(); // New in part 5
+    // Errors go to stderr, the rest to stdout; `init` fails only if a logger is set already.
+    let _ = SimpleLogger::init(LevelFilter::Info, builder.build()); // New in part 5
+} // New in part 5
+
+/// The settings, copied out of Lua (a `Lua` state is not `Send`).
+struct Config {
+    listen_port: String,
+    backend_address: String,
+    backend_port: String,
+    /// How many clients are served at once: the size of the pool.
+    workers: usize, // New in part 5
+}
+
+/// Runs the config file and reads its globals. The error is the whole message.
+fn load_config(path: &str) -> Result<Config, String> {
+    // Part 3's loader; see there for why each step is as it is.
+    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default())
+        .map_err(|e| format!("Cannot start Lua: {e}"))?;
+    let env = lua
+        .create_table()
+        .map_err(|e| format!("Cannot start Lua: {e}"))?;
+    let source = fs::read(path)
+        .map_err(|e| format!("Error parsing config file: cannot open {path}: {e}"))?;
+    // No time limit, as in parts 3 and 4 (why: see there).
+    lua.load(&source)
+        .set_name(format!("@{path}"))
+        .set_mode(ChunkMode::Text)
+        .set_environment(env.clone())
+        .exec()
+        .map_err(|e| format!("Error parsing config file: {}", first_line(&e.to_string())))?;
+    let get = |name: &str| -> Result<String, String> {
+        env.get::<_, String>(name)
+            .map_err(|_| format!("{name} must be a string"))
+    };
+    // Reading as `Option` turns a missing global (nil) into `None`: the default applies.
+    let workers = match env.get::<_, Option<usize>>("workers") {
+        Ok(None) => DEFAULT_WORKERS, // New in part 5
+        Ok(Some(n)) if n > 0 => n,   // New in part 5
+        _ => return Err("workers must be a whole number from 1 up".into()), // New in part 5
+    }; // New in part 5
+    Ok(Config {
+        listen_port: get("listenPort")?,
+        backend_address: get("backendAddress")?,
+        backend_port: get("backendPort")?,
+        workers, // New in part 5
+    })
+}
+
+/// The first line of an error: Lua may append a traceback, and one line is enough here.
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or(message)
+}
+
+/// Binds, logs the banner, starts the pool and hands it clients until Ctrl-C; then waits
+/// for the workers to finish their clients.
+fn run(config: &Config) -> io::Result<()> {
+    let listen_port = parse_port("listenPort", &config.listen_port)?; // New in part 5
+    let backend_port = parse_port("backendPort", &config.backend_port)?; // New in part 5
+    // Every worker needs the backend's name; an `Arc` shares one copy.
+    let backend_addr: Arc<str> = Arc::from(config.backend_address.as_str()); // New in part 5
+    // Loopback only, so a lesson never opens a port to the network by accident.
+    let listener = TcpListener::bind(("127.0.0.1", listen_port))
+        .map_err(|e| with_context(e, format!("cannot listen on port {listen_port}")))?;
+    let port = listener.local_addr()?.port();
+    info!("Started.  Listening on port {port}."); // New in part 5
+
+    // `ctrlc` runs this handler on a thread of its own. A flag alone would not stop the
+    // main thread, asleep in `accept()`, so the handler also connects to our own port:
+    // `accept` returns, and the loop sees the flag. A second Ctrl-C exits at once.
+    let stopping = Arc::new(AtomicBool::new(false)); // New in part 5
+    let flag = Arc::clone(&stopping); // New in part 5
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            process::exit(130); // New in part 5: 128 + SIGINT, as shells report it
+        } // New in part 5
+        info!("Ctrl-C: finishing the clients being served; Ctrl-C again exits now."); // New in part 5
+        let _ = TcpStream::connect(("127.0.0.1", port)); // New in part 5
+    }) // New in part 5
+    .map_err(io::Error::other)?; // New in part 5
+
+    // Capacity 0: `send` waits until a worker is free to take the client.
+    let (sender, receiver) = bounded::<TcpStream>(0); // New in part 5
+    let mut pool = Vec::new(); // New in part 5
+    for _ in 0..config.workers {
+        // A crossbeam `Receiver` can be cloned: every worker takes from the one channel.
+        let clients = receiver.clone(); // New in part 5
+        let backend_addr = Arc::clone(&backend_addr); // New in part 5
+        let work = move || worker(clients, &backend_addr, backend_port); // New in part 5
+        pool.push(thread::Builder::new().spawn(work)?); // New in part 5
+    } // New in part 5
+    drop(receiver); // New in part 5: only the workers hold one now
+
+    for client in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break; // New in part 5: Ctrl-C (this client is the handler's wake-up)
+        } // New in part 5
+        // A failed accept (say, out of fds) is logged; the loop goes on.
+        let client = match client {
+            Ok(client) => client,
+            Err(e) => {
+                error!("Could not accept: {e}"); // New in part 5
+                continue;
+            }
+        };
+        // While every worker is busy this waits, and so does `accept`: new clients queue
+        // in the kernel (std asks for a backlog of 128; when that is full, the kernel
+        // ignores a SYN, and the client's TCP sends it again a second later).
+        if sender.send(client).is_err() {
+            break; // New in part 5: fails only if every worker has gone
+        }
+    }
+    drop(listener); // New in part 5: closed, so new connects are refused
+    // The shutdown signal: with the only `Sender` gone, each worker's `iter()` ends once
+    // the worker has finished its client.
+    drop(sender); // New in part 5
+    info!("Stopped accepting; waiting for the clients being served."); // New in part 5
+    for worker in pool {
+        let _ = worker.join(); // New in part 5
+    } // New in part 5
+    info!("All clients served; exiting."); // New in part 5
+    Ok(())
+}
+
+/// One thread of the pool: serves a client at a time, until the channel is closed.
+fn worker(clients: Receiver<TcpStream>, backend_addr: &str, backend_port: u16) {
+    // `iter()` sleeps until a client arrives, and ends once every `Sender` is dropped.
+    for client in clients.iter() {
+        handle_client_connection(client, backend_addr, backend_port); // New in part 5
+    }
+} // New in part 5
+
+/// How one direction ended: at end of file, or with an error from the named socket.
+type Ending = Result<(), (&'static str, io::Error)>; // New in part 5
+
+/// Proxies one client: copies backend → client here, client → backend on a second
+/// thread, and logs one line once both are done.
+fn handle_client_connection(client: TcpStream, backend_addr: &str, backend_port: u16) {
+    let peer = client.peer_addr().map_or("?".into(), |a| a.to_string()); // New in part 5
+    // `connect` resolves the name and tries each address in turn, like the C's loop.
+    let backend = match TcpStream::connect((backend_addr, backend_port)) {
+        Ok(backend) => backend, // New in part 5
+        Err(e) => return error!("{peer}: backend {backend_addr}:{backend_port}: {e}"), // New in part 5
+    };
+    // Part 4 gave each thread its own handles with `try_clone` (`dup`). A scoped thread
+    // may BORROW `client` and `backend` (the scope ends only after it), and `&TcpStream`
+    // can read and write: two fds per connection instead of four, and no `Arc`.
+    let result = thread::scope(|scope| {
+        let up = || relay(&client, &backend, ["client", "backend"]); // New in part 5
+        let upstream = thread::Builder::new().spawn_scoped(scope, up)?; // New in part 5
+        let down = relay(&backend, &client, ["backend", "client"]); // New in part 5
+        // `relay` has no call that panics, so `join` cannot return a panic's `Err`.
+        let up = upstream.join().expect("relay does not panic"); // New in part 5
+        io::Result::Ok((up, down)) // New in part 5
+    }); // New in part 5
+    let ((up, up_end), (down, down_end)) = match result {
+        Ok(counts) => counts, // New in part 5
+        Err(e) => return error!("{peer}: could not start a thread: {e}"), // New in part 5
+    }; // New in part 5
+    // `and` keeps the first error: the backend → client direction's, if it has one.
+    let how = match down_end.and(up_end) {
+        Ok(()) => "done".to_string(), // New in part 5
+        // A write to a peer that has gone fails with EPIPE (`BrokenPipe`: Rust ignores
+        // SIGPIPE). The C decided it means what a reset means, and so do we.
+        Err((who, e)) => match e.kind() {
+            ConnectionReset | BrokenPipe => format!("{who} reset"), // New in part 5
+            _ => format!("{who} error: {e}"),                       // New in part 5
+        }, // New in part 5
+    }; // New in part 5
+    info!("{peer}: {up} bytes up, {down} bytes down, {how}"); // New in part 5
+}
+
+/// Copies everything from `from` to `to` until `from` reaches end of file, then passes the
+/// end of file on with a half-close. Returns the bytes copied and how it ended.
+/// (`read` needs `&mut self`, here a `&mut &TcpStream`: hence `mut` on shared references.)
+fn relay(mut from: &TcpStream, mut to: &TcpStream, names: [&'static str; 2]) -> (u64, Ending) {
+    let mut buffer = [0u8; BUFFER_SIZE];
+    let mut copied = 0;
+    let result = loop {
+        // A read of 0 bytes means the sender has closed (or half-closed) its side.
+        let bytes_read = match from.read(&mut buffer) {
+            Ok(0) => break Ok(()), // New in part 5
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err((names[0], e)), // New in part 5
+        };
+        // Part 4's fix: a blocking `write_all` returns only when the kernel has taken every
+        // byte, so a slow reader slows this thread down, and no byte is ever dropped.
+        if let Err(e) = to.write_all(&buffer[..bytes_read]) {
+            break Err((names[1], e)); // New in part 5
+        }
+        copied += bytes_read as u64;
+    };
+    match result {
+        // A half-close: the peer reads end of file; the other direction keeps flowing.
+        Ok(_) => {
+            let _ = to.shutdown(Shutdown::Write);
+        }
+        // On an error, shut both down: that wakes the other thread from its `read`.
+        Err(_) => {
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        }
+    }
+    (copied, result) // New in part 5
+}
+
+/// Reads a port number from the config, with an error that says which one was bad.
+fn parse_port(name: &str, text: &str) -> io::Result<u16> {
+    text.parse().map_err(|_| {
+        let message = format!("{name} must be a number from 0 to 65535, not {text:?}");
+        io::Error::new(io::ErrorKind::InvalidInput, message)
+    })
+}
+
+/// Puts `what` in front of an error's text, so the one line we print says what failed.
+fn with_context(error: io::Error, what: String) -> io::Error {
+    io::Error::new(error.kind(), format!("{what}: {error}"))
+}
