@@ -86,7 +86,10 @@ pub fn serve(ctx: &Context, job: Accepted) {
     ));
     job.ticket.attach(Arc::clone(&conn));
     relay_both(ctx, &conn);
-    conn.summary().log();
+    // The summary is an info line: not even built (a `String` copy) below that level.
+    if log::log_enabled!(log::Level::Info) {
+        conn.summary().log();
+    }
 }
 
 /// Tries the balancer's backends in order, each once; marks each failure down.
