@@ -16,11 +16,9 @@
 //!   at once overflowed the listen backlog while it was busy starting threads).
 //! - **Panic-proof:** a panic in one job is caught and logged; the thread carries on.
 //!
-//! What the channel costs: a receiver that finds it empty spins and calls `sched_yield`
-//! up to 4 times before it sleeps (crossbeam's `Backoff`; a `Mutex` + `Condvar` sleeps at
-//! once): 10 `sched_yield`s per new connection, +3.5–5 % CPU per new connection against
-//! the `Mutex` + `Condvar` pool this replaced, and more connections per second (README,
-//! "Dependencies, and why", has the figures and how they were measured).
+//! What the channel costs: a receiver that finds it empty spins and calls `sched_yield` up
+//! to 4 times before it sleeps: 10 `sched_yield`s and +3.5–5 % CPU per new connection
+//! against the `Mutex` + `Condvar` pool it replaced (README, "Dependencies, and why").
 
 use crate::outcome::panic_message;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
@@ -48,15 +46,11 @@ pub struct Pool<T> {
 
 /// What the pool's handles and threads share.
 struct Shared<T> {
-    /// `worker` or `copy`: the threads are named `name-N`.
-    name: String,
+    name: String, // `worker` or `copy`: the threads are named `name-N`
     max_threads: usize,
-    /// Threads alive.
-    threads: AtomicUsize,
-    /// Threads waiting for a job (or just started, about to).
-    idle: AtomicUsize,
-    /// Threads started so far, for their names.
-    started: AtomicUsize,
+    threads: AtomicUsize, // alive
+    idle: AtomicUsize,    // waiting for a job (or just started, about to)
+    started: AtomicUsize, // so far, for their names
     /// The receiving end: a receiver does not keep the channel open, only senders do.
     jobs: Receiver<T>,
     handler: Box<dyn Fn(T) + Send + Sync>,
