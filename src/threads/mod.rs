@@ -181,7 +181,7 @@ fn hand_off(
         log::warn!(
             "All {} workers are busy and {} clients wait for one: new clients wait in the \
              listen backlog. Raise `workers` in proxy.lua if this happens often.",
-            pool.busy(),
+            pool.max_threads(), // a full channel: a spare thread would have taken a job
             pool.queued()
         );
     }

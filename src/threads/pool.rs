@@ -99,6 +99,11 @@ impl<T: Send + 'static> Pool<T> {
         self.jobs.capacity().unwrap_or(usize::MAX)
     }
 
+    /// The most threads at once.
+    pub fn max_threads(&self) -> usize {
+        self.shared.max_threads
+    }
+
     /// Threads alive now (busy or idle).
     pub fn threads(&self) -> usize {
         self.shared.threads.load(SeqCst)
