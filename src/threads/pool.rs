@@ -17,7 +17,7 @@
 //! - **Panic-proof:** a panic in one job is caught and logged; the thread carries on.
 //!
 //! What the channel costs: a receiver that finds it empty spins and calls `sched_yield` up
-//! to 4 times before it sleeps: 10 `sched_yield`s and +3.5–5 % CPU per new connection
+//! to 4 times before it sleeps: 10 `sched_yield`s and −2 % to +5 % CPU per new connection
 //! against the `Mutex` + `Condvar` pool it replaced (README, "Dependencies, and why").
 
 use crate::outcome::panic_message;
