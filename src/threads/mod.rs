@@ -9,7 +9,7 @@
 //!
 //! | part | module |
 //! |---|---|
-//! | an elastic pool of threads behind a bounded queue | [`pool`] |
+//! | an elastic pool of threads fed by a bounded crossbeam channel | [`pool`] |
 //! | one client, served by a worker: connect, relay, summary | [`worker`] |
 //! | one connection's shared state: sockets, clocks, counters | [`conn`] |
 //! | the copy loop for one direction, half-close, idle check | [`relay`] |
@@ -34,7 +34,8 @@ use crate::listen::{
 };
 use crate::outcome::Outcome;
 use crate::shutdown::{self, Shutdown};
-use pool::{Pool, Rejected};
+use crossbeam_channel::{SendTimeoutError, TrySendError};
+use pool::Pool;
 use registry::Registry;
 use relay::RelaySettings;
 use worker::{Accepted, Context, CopyJob};
@@ -178,21 +179,26 @@ fn hand_off(
             }
             return Ok(());
         }
-        Err(Rejected::Full(job)) => job,
-        Err(Rejected::Closed(_)) => return Err(None),
+        Err(TrySendError::Full(job)) => job,
+        Err(TrySendError::Disconnected(_)) => return Err(None),
     };
     if !*saturated {
         *saturated = true;
         log::warn!(
-            "All workers are busy and the queue is full: new clients wait in the listen backlog."
+            "All {} workers are busy and {} clients wait for one: new clients wait in the \
+             listen backlog. Raise `workers` in proxy.lua if this happens often.",
+            pool.max_threads(), // a full channel: a spare thread would have taken a job
+            pool.queued()
         );
     }
     loop {
         match pool.submit_timeout(job, SHUTDOWN_POLL) {
             Ok(()) => return Ok(()),
-            Err(Rejected::Full(back)) if shutdown.is_stopping() => return Err(Some(back)),
-            Err(Rejected::Full(back)) => job = back,
-            Err(Rejected::Closed(_)) => return Err(None),
+            Err(SendTimeoutError::Timeout(back)) if shutdown.is_stopping() => {
+                return Err(Some(back));
+            }
+            Err(SendTimeoutError::Timeout(back)) => job = back,
+            Err(SendTimeoutError::Disconnected(_)) => return Err(None),
         }
     }
 }

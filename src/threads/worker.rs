@@ -15,7 +15,7 @@ use crate::fds;
 use crate::outcome::panic_message;
 use crate::outcome::{Outcome, Summary};
 use crate::threads::conn::Connection;
-use crate::threads::pool::{Pool, handover};
+use crate::threads::pool::Pool;
 use crate::threads::registry::Ticket;
 use crate::threads::relay::{
     Direction, DirectionEnd, DirectionResult, RelaySettings, copy_direction,
@@ -89,7 +89,10 @@ pub fn serve(ctx: &Context, job: Accepted) {
     ));
     job.ticket.attach(Arc::clone(&conn));
     relay_both(ctx, &conn);
-    conn.summary().log();
+    // The summary is an info line: not even built (a `String` copy) below that level.
+    if log::log_enabled!(log::Level::Info) {
+        conn.summary().log();
+    }
 }
 
 /// Tries the balancer's backends in order, each once; marks each failure down. `Err` is
@@ -166,10 +169,14 @@ fn connect_once(ticket: &Ticket, addr: &SocketAddr, timeout: Duration) -> io::Re
 /// here the copy thread's result is mostly there already and the worker does not have to
 /// sleep and be woken for it.
 fn relay_both(ctx: &Context, conn: &Arc<Connection>) {
-    let (giver, taker) = handover::<DirectionResult>();
+    // A one-place channel for the copy thread's result. If the job is dropped unrun, its
+    // sender goes with it and `recv` says so instead of waiting forever.
+    let (giver, taker) = crossbeam_channel::bounded::<DirectionResult>(1);
     let down_conn = Arc::clone(conn);
     let settings = ctx.relay;
-    let job: CopyJob = Box::new(move || giver.give(guarded(&down_conn, Direction::Down, settings)));
+    let job: CopyJob = Box::new(move || {
+        let _ = giver.send(guarded(&down_conn, Direction::Down, settings));
+    });
     // The copy pool has as many threads and queue places as there are workers, so there
     // is always room: waiting is only a safeguard.
     if ctx.copiers.submit_timeout(job, COPY_WAIT).is_err() {
@@ -180,7 +187,7 @@ fn relay_both(ctx: &Context, conn: &Arc<Connection>) {
     guarded(conn, Direction::Up, settings);
     // The copy job always hands its result over, unless it was dropped unrun: then the
     // sockets are cut so nothing is left half-open.
-    if taker.take().is_none() {
+    if taker.recv().is_err() {
         conn.cut(Outcome::InternalError);
     }
 }
