@@ -12,6 +12,9 @@
     BENCH_LESSON_WORKERS=N ...        # the lesson's fixed pool (default 256)
     BENCH_MIO_LOOPS=N ...             # also run rsp-mio with `loops = N` as "rsp-mio-N"
                                       # (default 1; empty = only the default loops)
+    BENCH_BASE_ROOT=DIR ...           # also run DIR/target/release/rsp (an older checkout)
+                                      # as "base-threads" and "base-mio", for before/after
+                                      # ratios from one run
 
 Starts a backend (nginx serving static files if installed, else rsp's demo backend),
 then every proxy it can find (rsp in threads mode and in mio mode, the latter with one loop
@@ -41,6 +44,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `git worktree` of one commit, so edits in progress here do not end up in the figures).
 RSP_ROOT = os.path.abspath(os.environ.get("BENCH_RSP_ROOT", ROOT))
 RELEASE = os.path.join(RSP_ROOT, "target", "release")
+# An older checkout to measure in the same run ("before"), or None.
+BASE_ROOT = os.environ.get("BENCH_BASE_ROOT") or None
+# Its threads mode may predate the machine-derived `workers`: give it enough for 5,000.
+BASE_WORKERS = 6000
 BULK_SIZE = 100 * 1024 * 1024
 SMALL_BODY = (b"rsp bench: a 100-byte response body, about the size of a small API reply" + b"." * 99)[:99] + b"\n"
 
@@ -152,6 +159,8 @@ def start_proxies(tmp, backend_port, settings, targets, notes):
         starters.append((f"rsp-mio-{settings.mio_loops}", start_rsp))
     if settings.lesson:
         starters.append((lesson_name(settings), start_lesson))
+    if BASE_ROOT:
+        starters += [("base-threads", start_rsp), ("base-mio", start_rsp)]
     for name, start in starters:
         try:
             server = start(name, tmp, backend_port, settings)
@@ -190,15 +199,17 @@ def start_nginx(name, tmp, backend_port, settings):
 
 
 def start_rsp(name, tmp, backend_port, settings):
-    binary = f"{RELEASE}/rsp"
+    base = name.startswith("base-")
+    release = os.path.join(BASE_ROOT, "target", "release") if base else RELEASE
+    binary = f"{release}/rsp"
     if not os.path.exists(binary):
         raise RuntimeError(f"{binary} not found (cargo build --release --bins)")
     mode = name.split("-")[1]
-    text = procs.rsp_conf(backend_port, mode, settings.rsp_workers)
+    text = procs.rsp_conf(backend_port, mode, BASE_WORKERS if base else settings.rsp_workers)
     if name.count("-") == 2:  # rsp-mio-N
         text += f"loops = {int(name.split('-')[2])}\n"
     conf = procs.write_conf(f"{tmp}/{name}.lua", text, name)
-    if mode == "threads" and settings.rsp_workers_shown is None:
+    if name == "rsp-threads" and settings.rsp_workers_shown is None:
         settings.rsp_workers_shown = procs.rsp_workers_line(binary, conf)
         print(f"rsp-threads: {settings.rsp_workers_shown}")
     server = procs.Server(name, [binary, conf], f"{tmp}/{name}.log")

@@ -291,7 +291,9 @@ def ratio_table(results, names, settings):
     lesson = lesson_of(names)
     mine = ["rsp-threads", "rsp-mio"] + [n for n in names if n.startswith("rsp-mio-")]
     pairs = [("rsp-threads", lesson)] + [(me, "HAProxy") for me in mine] \
-        + [(me, "direct") for me in ("rsp-threads", "rsp-mio")]
+        + [(me, "direct") for me in ("rsp-threads", "rsp-mio")] \
+        + [(f"rsp-{m}", f"base-{m}") for m in ("threads", "mio")] \
+        + [(f"base-{m}", "HAProxy") for m in ("threads", "mio")]
     pairs = [(a, b) for a, b in pairs if a in names and b in names]
     if not pairs:
         return ["No ratios: rsp or the targets to compare it with did not run (see Machine)."]

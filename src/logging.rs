@@ -1,10 +1,11 @@
 //! Logging set-up: timestamped lines through `simplelog`.
 //!
-//! Every line looks like `2026-11-26 15:30:01.123 +0000 [INFO] message`, like the C
-//! original's `+zzzz`: local time if the offset can be read (it must be read before threads
-//! start), else UTC. Info, debug and
-//! trace go to stdout, warnings and errors to stderr. Everything in rsp logs through the
-//! `log` macros, so the level set in `proxy.lua` silences whatever is below it.
+//! Every line looks like the C original's: `[2026-11-26 15:30:01.123456 +0000] message`,
+//! the timestamp in square brackets first (the C's `test_log_has_timestamp` reads it so):
+//! local time if the offset can be read (it must be read before threads start), else UTC.
+//! No `[INFO]` tag, as in the C: info, debug and trace go to stdout, warnings and errors to
+//! stderr, so the stream tells the severity. Everything in rsp logs through the `log`
+//! macros, so the level set in `proxy.lua` silences whatever is below it.
 
 use std::io::IsTerminal;
 
@@ -15,9 +16,11 @@ use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMod
 pub fn init(level: LevelFilter) {
     let mut builder = ConfigBuilder::new();
     builder
+        // A `time` format description: `[name]` is a field, `[[` a literal bracket.
         .set_time_format_custom(simplelog::format_description!(
-            "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3] [offset_hour sign:mandatory][offset_minute]"
+            "[[[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6] [offset_hour sign:mandatory][offset_minute]]"
         ))
+        .set_max_level(LevelFilter::Off) // no level tag
         .set_thread_level(LevelFilter::Off)
         .set_target_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off);

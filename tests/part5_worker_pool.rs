@@ -85,65 +85,38 @@ fn settled(proxy: &Proxy, read: impl Fn(&Proxy) -> usize) -> usize {
     last
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parses `[YYYY-MM-DD HH:MM:SS.ffffff +zzzz] rest` into (Unix seconds, rest).
-fn parse_stamped(line: &str) -> Option<(i64, &str)> {
-    let (stamp, rest) = line.strip_prefix('[')?.split_once("] ")?;
-    // '0' stands for a digit, '+' for the offset's sign; everything else is literal.
-    let shape = "0000-00-00 00:00:00.000000 +0000";
-    let fits = stamp.len() == shape.len()
-        && stamp.chars().zip(shape.chars()).all(|(c, s)| match s {
-            '0' => c.is_ascii_digit(),
-            '+' => c == '+' || c == '-',
-            _ => c == s,
-        });
-    if !fits {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| stamp[range].parse::<i64>().unwrap();
-    let days = days_from_civil(num(0..4), num(5..7), num(8..10));
-    let local = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
-    let sign = if &stamp[27..28] == "-" { -1 } else { 1 };
-    let offset = sign * (num(28..30) * 3600 + num(30..32) * 60);
-    Some((local - offset, rest))
-}
-
 /// The C's `test_log_has_timestamp`: the banner is `[<date> <time>...] Started.  Listening
 /// on port N.`, stamped with the time it was printed (the C compared to the minute; we
-/// allow five minutes either way, for a busy machine and a minute boundary).
+/// allow five minutes either way, for a busy machine and a minute boundary). Part 5, every
+/// later part and `rsp` in both modes.
 #[test]
 fn log_has_timestamp() {
     let backend = Backend::hello();
-    let mut proxy = Target::Part5.start(backend.port);
-    let banner = proxy
-        .wait_for_line("Started.  Listening on port ", Duration::from_secs(1))
-        .expect("the banner was seen by Proxy::spawn");
-    let (when, message) = parse_stamped(&banner).unwrap_or_else(|| {
-        panic!("the banner does not start with [YYYY-MM-DD HH:MM:SS.ffffff +zzzz]: {banner:?}")
-    });
-    assert_eq!(
-        message,
-        format!("Started.  Listening on port {}.", proxy.port),
-        "the banner after its timestamp"
-    );
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    assert!(
-        (now - when).abs() < 300,
-        "the banner's timestamp is {} s away from now: {banner:?}",
-        now - when
-    );
+    for target in Target::from_part(5) {
+        let mut proxy = target.start(backend.port);
+        let banner = proxy
+            .wait_for_line("Started.  Listening on port ", Duration::from_secs(1))
+            .expect("the banner was seen by Proxy::spawn");
+        let (when, message) = parse_stamped(&banner).unwrap_or_else(|| {
+            panic!(
+                "{target:?}: the banner does not start with [YYYY-MM-DD HH:MM:SS.ffffff +zzzz]: {banner:?}"
+            )
+        });
+        assert_eq!(
+            message,
+            format!("Started.  Listening on port {}.", proxy.port),
+            "{target:?}: the banner after its timestamp"
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(
+            (now - when).abs() < 300,
+            "{target:?}: the banner's timestamp is {} s away from now: {banner:?}",
+            now - when
+        );
+    }
 }
 
 /// A client that drops the connection after 1 KiB of a large reply harms nobody else,

@@ -484,7 +484,10 @@ fn logs_backpressure_from_a_slow_reader() {
         }
         let line = proxy.wait_for_line("write to client blocked for", Duration::from_secs(10));
         let line = line.unwrap_or_else(|| panic!("no backpressure line in {}", proxy.output()));
-        assert!(line.contains("DEBUG") && line.contains("conn 1:"), "{line}");
+        assert!(
+            line.starts_with('[') && line.contains("] conn 1:"),
+            "{line}"
+        );
         assert!(line.ends_with("ms (slow reader)"), "{line}");
     }
 }
@@ -506,8 +509,11 @@ fn logs_one_summary_line_per_connection() {
             GET_ROOT.len(),
             response.len()
         );
-        assert!(line.contains("INFO"), "{line}");
-        assert!(line.contains("conn 1 127.0.0.1:"), "{line}");
+        assert!(
+            parse_stamped(&line).is_some(),
+            "no [timestamp] first: {line}"
+        );
+        assert!(line.contains("] conn 1 127.0.0.1:"), "{line}");
         assert!(line.contains(&fields), "{line} lacks {fields}");
         assert!(line.ends_with(" s, eof"), "{line}");
         assert_eq!(proxy.output().matches("conn 1 ").count(), 1);

@@ -798,3 +798,35 @@ fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses `[YYYY-MM-DD HH:MM:SS.ffffff +zzzz] rest` into (Unix seconds, rest).
+pub fn parse_stamped(line: &str) -> Option<(i64, &str)> {
+    let (stamp, rest) = line.strip_prefix('[')?.split_once("] ")?;
+    // '0' stands for a digit, '+' for the offset's sign; everything else is literal.
+    let shape = "0000-00-00 00:00:00.000000 +0000";
+    let fits = stamp.len() == shape.len()
+        && stamp.chars().zip(shape.chars()).all(|(c, s)| match s {
+            '0' => c.is_ascii_digit(),
+            '+' => c == '+' || c == '-',
+            _ => c == s,
+        });
+    if !fits {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| stamp[range].parse::<i64>().unwrap();
+    let days = days_from_civil(num(0..4), num(5..7), num(8..10));
+    let local = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
+    let sign = if &stamp[27..28] == "-" { -1 } else { 1 };
+    let offset = sign * (num(28..30) * 3600 + num(30..32) * 60);
+    Some((local - offset, rest))
+}
