@@ -76,7 +76,8 @@ fn init_logging() {
     builder.set_time_format_custom(simplelog::format_description!(
         "[[[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6] [offset_hour sign:mandatory][offset_minute]]" // New in part 5
     )); // New in part 5
-    builder.set_max_level(LevelFilter::Off); // New in part 5: no "[INFO]" tag, as in the C
+    // No "[INFO]" tag, as in the C.
+    builder.set_max_level(LevelFilter::Off); // New in part 5
     // The UTC offset can only be read while no other thread runs; else the lines are UTC.
     let _ = builder.set_time_offset_to_local(); // New in part 5
     // Errors go to stderr, the rest to stdout; `init` fails only if a logger is set already.
@@ -152,7 +153,8 @@ fn run(config: &Config) -> io::Result<()> {
     let flag = Arc::clone(&stopping); // New in part 5
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            process::exit(130); // New in part 5: 128 + SIGINT, as shells report it
+            // 128 + SIGINT, as shells report it.
+            process::exit(130); // New in part 5
         } // New in part 5
         info!("Ctrl-C: finishing the clients being served; Ctrl-C again exits now."); // New in part 5
         let _ = TcpStream::connect(("127.0.0.1", port)); // New in part 5
@@ -169,11 +171,13 @@ fn run(config: &Config) -> io::Result<()> {
         let work = move || worker(clients, &backend_addr, backend_port); // New in part 5
         pool.push(thread::Builder::new().spawn(work)?); // New in part 5
     } // New in part 5
-    drop(receiver); // New in part 5: only the workers hold one now
+    // Only the workers hold one now.
+    drop(receiver); // New in part 5
 
     for client in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
-            break; // New in part 5: Ctrl-C (this client is the handler's wake-up)
+            // Ctrl-C (this client is the handler's wake-up)
+            break; // New in part 5
         } // New in part 5
         // A failed accept (say, out of fds) is logged; the loop goes on.
         let client = match client {
@@ -187,10 +191,12 @@ fn run(config: &Config) -> io::Result<()> {
         // in the kernel (std asks for a backlog of 128; when that is full, the kernel
         // ignores a SYN, and the client's TCP sends it again a second later).
         if sender.send(client).is_err() {
-            break; // New in part 5: fails only if every worker has gone
+            // Fails only if every worker has gone.
+            break; // New in part 5
         }
     }
-    drop(listener); // New in part 5: closed, so new connects are refused
+    // Closed, so new connects are refused.
+    drop(listener); // New in part 5
     // The shutdown signal: with the only `Sender` gone, each worker's `iter()` ends once
     // the worker has finished its client.
     drop(sender); // New in part 5

@@ -194,7 +194,8 @@ fn accept_all(
         // backend would stall every client for a round trip (rsp's mio mode does not).
         let server = connect(backend).inspect_err(|e| error!("Backend {backend:?}: {e}")); // New in part 6
         let Ok(mut server) = server else {
-            continue; // New in part 6: `client` is dropped here, so closed
+            // `client` is dropped here, so closed.
+            continue; // New in part 6
         };
         // Both interests, once: edge-triggered, an unused WRITABLE costs one wake-up, not
         // one per loop as the C's level-triggered EPOLLOUT did.
@@ -293,10 +294,12 @@ impl Connection {
             written = match self.streams[to].write(data) {
                 Ok(n) => n,                                           // New in part 6
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0, // New in part 6
-                Err(e) => return Err(e), // New in part 6: e.g. BrokenPipe (no SIGPIPE)
+                // E.g. BrokenPipe (no SIGPIPE)
+                Err(e) => return Err(e), // New in part 6
             }; // New in part 6
         }
-        side.queue.extend(&data[written..]); // New in part 6: queue, never drop
+        // Queue, never drop.
+        side.queue.extend(&data[written..]); // New in part 6
         Ok(()) // New in part 6
     } // New in part 6
 
@@ -308,7 +311,8 @@ impl Connection {
             // `as_slices().0` is the queue's first contiguous run of bytes.
             match self.streams[to].write(side.queue.as_slices().0) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()), // New in part 6
-                Ok(n) => drop(side.queue.drain(..n)), // New in part 6: forget what was taken
+                // Forget what was taken.
+                Ok(n) => drop(side.queue.drain(..n)), // New in part 6
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break, // New in part 6
                 Err(e) => return Err(e),              // New in part 6
             } // New in part 6

@@ -44,7 +44,7 @@ pub struct DefaultWorkers {
 ///   (the user's threads, `ulimit -u`) and half of `vm.max_map_count` (each thread's
 ///   stack is a mapping plus a guard page). These are ceilings shared with the rest of
 ///   the machine, so this is what rsp could reach alone;
-/// - memory: [`IDLE_CONNECTION_BYTES`] per idle connection, from `MemAvailable` or the
+/// - memory: `IDLE_CONNECTION_BYTES` per idle connection, from `MemAvailable` or the
 ///   cgroup's memory limit less its usage, whichever is smaller (a busy connection also
 ///   holds two `buffer_size` buffers; idle ones are what a pool fills up with).
 ///

@@ -239,8 +239,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Runs and checks config `source`; `file` names it in messages (normally its path).
 ///
-/// Nothing in the file can make this take much longer than [`TIME_LIMIT`]: see
-/// [`run_lua_with_deadline`].
+/// Nothing in the file can make this take much longer than `TIME_LIMIT`: see
+/// `run_lua_with_deadline`.
 pub fn parse(source: &[u8], file: &str) -> Result<Loaded, ConfigError> {
     let globals =
         run_lua_with_deadline(source, file).map_err(|e| ConfigError::Lua(one_line(&e, file)))?;
