@@ -13,7 +13,8 @@
 //! - `simplelog` lines stamped as the C's were, one per connection as it ends;
 //! - Ctrl-C stops accepting, lets every client finish, and exits 0 (`ctrlc`).
 //!
-//! (rustfmt moves the marker of a line that ends in `{` or `(` to a line of its own below.)
+//! (A line that opens a block carries no marker: rustfmt would move it into the block.
+//! The lines inside carry theirs.)
 //!
 //! Run it (three terminals; or `make run-5`, which starts the demo backend for you):
 //!

@@ -22,8 +22,8 @@
 //! ```
 //!
 //! Observe: the sum is `b7845ea3…fb1301` (the demo backend's); `ps -o nlwp,rss -p $(pgrep
-//! part6)` during the download shows one thread, and memory stays flat. Tests: `tests/part6_mio.rs` (`make test-6`); every
-//! earlier part's tests run against part 6 too.
+//! part6)` during the download shows one thread, and memory stays flat. Tests:
+//! `tests/part6_mio.rs` (`make test-6`); every earlier part's tests run against part 6 too.
 #![forbid(unsafe_code)]
 
 use log::{error, info};
