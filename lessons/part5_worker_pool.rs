@@ -39,8 +39,8 @@ use std::io::ErrorKind::{BrokenPipe, ConnectionReset}; // New in part 5
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering}; // New in part 5
+use std::sync::{Arc, OnceLock}; // New in part 5
 use std::thread;
 
 /// The C read each chunk into a 4096-byte buffer.
@@ -217,8 +217,8 @@ fn worker(clients: Receiver<TcpStream>, backend_addr: &str, backend_port: u16) {
     }
 } // New in part 5
 
-/// How one direction ended: at end of file, or with an error from the named socket.
-type Ending = Result<(), (&'static str, io::Error)>; // New in part 5
+/// The first error of a connection, and which socket it came from.
+type FirstError = OnceLock<(&'static str, io::Error)>; // New in part 5
 
 /// Proxies one client: copies backend → client here, client → backend on a second
 /// thread, and logs one line once both are done.
@@ -229,27 +229,29 @@ fn handle_client_connection(client: TcpStream, backend_addr: &str, backend_port:
         Ok(backend) => backend, // New in part 5
         Err(e) => return error!("{peer}: backend {backend_addr}:{backend_port}: {e}"), // New in part 5
     };
+    // Only the first error says how the connection ended: the thread that meets it shuts
+    // both sockets down, and the other thread's error is then just the echo of that.
+    let first_error = FirstError::new(); // New in part 5
     // Part 4 gave each thread its own handles with `try_clone` (`dup`). A scoped thread
     // may BORROW `client` and `backend` (the scope ends only after it), and `&TcpStream`
     // can read and write: two fds per connection instead of four, and no `Arc`.
     let result = thread::scope(|scope| {
-        let up = || relay(&client, &backend, ["client", "backend"]); // New in part 5
+        let up = || relay(&client, &backend, ["client", "backend"], &first_error); // New in part 5
         let upstream = thread::Builder::new().spawn_scoped(scope, up)?; // New in part 5
-        let down = relay(&backend, &client, ["backend", "client"]); // New in part 5
+        let down = relay(&backend, &client, ["backend", "client"], &first_error); // New in part 5
         // `relay` has no call that panics, so `join` cannot return a panic's `Err`.
         let up = upstream.join().expect("relay does not panic"); // New in part 5
         io::Result::Ok((up, down)) // New in part 5
     }); // New in part 5
-    let ((up, up_end), (down, down_end)) = match result {
+    let (up, down) = match result {
         Ok(counts) => counts, // New in part 5
         Err(e) => return error!("{peer}: could not start a thread: {e}"), // New in part 5
     }; // New in part 5
-    // `and` keeps the first error: the backend → client direction's, if it has one.
-    let how = match down_end.and(up_end) {
-        Ok(()) => "done".to_string(), // New in part 5
+    let how = match first_error.into_inner() {
+        None => "done".to_string(), // New in part 5
         // A write to a peer that has gone fails with EPIPE (`BrokenPipe`: Rust ignores
         // SIGPIPE). The C decided it means what a reset means, and so do we.
-        Err((who, e)) => match e.kind() {
+        Some((who, e)) => match e.kind() {
             ConnectionReset | BrokenPipe => format!("{who} reset"), // New in part 5
             _ => format!("{who} error: {e}"),                       // New in part 5
         }, // New in part 5
@@ -258,9 +260,14 @@ fn handle_client_connection(client: TcpStream, backend_addr: &str, backend_port:
 }
 
 /// Copies everything from `from` to `to` until `from` reaches end of file, then passes the
-/// end of file on with a half-close. Returns the bytes copied and how it ended.
+/// end of file on with a half-close. Returns the bytes copied; an error goes to `first`.
 /// (`read` needs `&mut self`, here a `&mut &TcpStream`: hence `mut` on shared references.)
-fn relay(mut from: &TcpStream, mut to: &TcpStream, names: [&'static str; 2]) -> (u64, Ending) {
+fn relay(
+    mut from: &TcpStream,
+    mut to: &TcpStream,
+    names: [&'static str; 2],
+    first: &FirstError,
+) -> u64 {
     let mut buffer = [0u8; BUFFER_SIZE];
     let mut copied = 0;
     let result = loop {
@@ -280,16 +287,19 @@ fn relay(mut from: &TcpStream, mut to: &TcpStream, names: [&'static str; 2]) -> 
     };
     match result {
         // A half-close: the peer reads end of file; the other direction keeps flowing.
-        Ok(_) => {
+        Ok(()) => {
             let _ = to.shutdown(Shutdown::Write);
         }
-        // On an error, shut both down: that wakes the other thread from its `read`.
-        Err(_) => {
+        // On an error, shut both down: that wakes the other thread from its `read`. Record
+        // the error FIRST: once we shut down, the other thread may fail too (a read from a
+        // socket we shut down can end in a reset), and that is not how it all began.
+        Err(error) => {
+            let _ = first.set(error); // New in part 5
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);
         }
     }
-    (copied, result) // New in part 5
+    copied // New in part 5
 }
 
 /// Reads a port number from the config, with an error that says which one was bad.
