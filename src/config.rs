@@ -266,7 +266,7 @@ const TIME_LIMIT: Duration = Duration::from_secs(5);
 fn run_lua_with_deadline(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
     let (done, result) = std::sync::mpsc::channel();
     let (source, name) = (source.to_vec(), file.to_string());
-    std::thread::Builder::new()
+    let reader = std::thread::Builder::new()
         .name("config".into())
         .spawn(move || {
             // `run_lua` has dropped its Lua state (finalizers and all) before this send.
@@ -274,7 +274,12 @@ fn run_lua_with_deadline(source: &[u8], file: &str) -> LuaResult<BTreeMap<String
         })
         .map_err(LuaError::external)?;
     match result.recv_timeout(TIME_LIMIT) {
-        Ok(globals) => globals,
+        // The thread has nothing left to do but end; waiting for it means rsp's thread
+        // count is final by the time it prints its banner.
+        Ok(globals) => {
+            let _ = reader.join();
+            globals
+        }
         Err(RecvTimeoutError::Timeout) => Err(LuaError::runtime(TIMEOUT_MESSAGE)),
         // The thread ended without sending: it panicked (a bug in rsp or rlua).
         Err(RecvTimeoutError::Disconnected) => Err(LuaError::runtime(
