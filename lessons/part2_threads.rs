@@ -3,7 +3,7 @@
 //! Mirrors part 2 of the C series (7 Sep 2013, C commit `f51950b`). The C switched to an
 //! epoll reactor: one thread, non-blocking sockets, a handler per fd. Rust's standard
 //! library has no epoll, so this part gets concurrency the simpler way: blocking sockets
-//! and threads. (Part 6 comes back to an event loop, with the `mio` crate.)
+//! and threads. (Part 7 comes back to an event loop, with the `mio` crate.)
 //!
 //! Changes since part 1:
 //! - every accepted client is served on its own thread, so a slow one blocks nobody;

@@ -1,4 +1,4 @@
--- The sample config for lessons part 3 to 6 (`make run-3` … `run-6`).
+-- The sample config for lessons part 3 to 7 (`make run-3` … `run-7`).
 -- It is a Lua chunk run with no standard library: it may only set variables.
 -- The proxy reads three globals, as the C did. They are strings because the C handed
 -- them to getaddrinfo; numbers work too (Lua converts them), so `listenPort = 8000` is fine.

@@ -235,7 +235,7 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // waits, so this thread stops reading the backend, whose own send buffer then
         // fills: backpressure reaches the backend for free, with no queue and no memory
         // growth. An event loop cannot wait here (one thread serves everybody), so it must
-        // queue what the socket refused: that is part 6.
+        // queue what the socket refused: that is part 7.
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
             break Err(e);

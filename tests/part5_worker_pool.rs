@@ -66,7 +66,7 @@ fn patient_connect(port: u16) -> TcpStream {
 /// Targets that serve each connection with threads, so their thread count shows whether
 /// a connection's threads ended.
 fn thread_based(target: Target) -> bool {
-    !matches!(target, Target::Part6 | Target::RspMio)
+    !matches!(target, Target::Part7 | Target::RspMio)
 }
 
 /// Waits (bounded) until `read` gives the same value five times in a row, 50 ms apart.

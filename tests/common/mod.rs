@@ -366,8 +366,8 @@ pub enum Target {
     Part4Broken,
     /// `part5 <config.lua>`: the worker pool
     Part5,
-    /// `part6 <config.lua>`: the mio event loop
-    Part6,
+    /// `part7 <config.lua>`: the mio event loop
+    Part7,
     /// `rsp <proxy.lua>` in threads mode
     Rsp,
     /// `rsp <proxy.lua>` with `mode = "mio"`
@@ -389,7 +389,7 @@ impl std::fmt::Debug for Target {
             Target::Part4 => "Part4",
             Target::Part4Broken => "Part4Broken",
             Target::Part5 => "Part5",
-            Target::Part6 => "Part6",
+            Target::Part7 => "Part7",
             Target::Rsp => "Rsp",
             Target::RspMio => "RspMio",
             Target::Bin { path, part } => return write!(f, "{path} (as part {part})"),
@@ -417,7 +417,7 @@ fn lessons() -> Vec<(u8, Target)> {
         (5, Target::Part5),
     ];
     if cfg!(feature = "mio") {
-        lessons.push((6, Target::Part6));
+        lessons.push((7, Target::Part7));
     }
     lessons
 }
@@ -518,9 +518,9 @@ impl Target {
             Target::Part4 | Target::Part4Broken => env!("CARGO_BIN_EXE_part4"),
             Target::Part5 => env!("CARGO_BIN_EXE_part5"),
             #[cfg(feature = "mio")]
-            Target::Part6 => env!("CARGO_BIN_EXE_part6"),
+            Target::Part7 => env!("CARGO_BIN_EXE_part7"),
             #[cfg(not(feature = "mio"))]
-            Target::Part6 => panic!("part6 needs the `mio` feature"),
+            Target::Part7 => panic!("part7 needs the `mio` feature"),
             Target::Rsp | Target::RspMio => env!("CARGO_BIN_EXE_rsp"),
             Target::Bin { path, .. } => path,
         }
@@ -551,7 +551,7 @@ impl Target {
         let args: Vec<String> = match self {
             Target::Part1 | Target::Part2 => port_args(&[]),
             Target::Bin { part, .. } if part <= 2 => port_args(&[]),
-            Target::Part3 | Target::Part4 | Target::Part5 | Target::Part6 | Target::Bin { .. } => {
+            Target::Part3 | Target::Part4 | Target::Part5 | Target::Part7 | Target::Bin { .. } => {
                 vec![lesson_lua().display().to_string()]
             }
             Target::Part4Broken => vec!["--broken".into(), lesson_lua().display().to_string()],

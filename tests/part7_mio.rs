@@ -1,7 +1,7 @@
-//! Part 6: the event loop passes half-closes on, and keeps a slow client's backlog small.
+//! Part 7: the event loop passes half-closes on, and keeps a slow client's backlog small.
 //!
-//! These check what part 6 adds to the C: half-close, and the high-water mark. The tests
-//! of every earlier part run against part 6 too: the C's client-disconnect test
+//! These check what part 7 adds to the C: half-close, and the high-water mark. The tests
+//! of every earlier part run against part 7 too: the C's client-disconnect test
 //! (`tests/part5_worker_pool.rs`), the slow reader of `tests/part4_slow_clients.rs` and the
 //! concurrency test of `tests/part2_threads.rs`.
 //!
@@ -10,8 +10,8 @@
 //! RSS counts the proxy's heap, not the kernel's socket buffers.
 //!
 //! Try this:
-//! - In `lessons/part6_mio.rs`, in `send`, replace `if side.queue.is_empty()` with `if true`
-//!   (the ordering invariant gone). `make test-4` still passes, but `make test-6` fails in
+//! - In `lessons/part7_mio.rs`, in `send`, replace `if side.queue.is_empty()` with `if true`
+//!   (the ordering invariant gone). `make test-4` still passes, but `make test-7` fails in
 //!   `keeps_memory_small_for_a_client_that_does_not_read` with a wrong byte (here at offset
 //!   17,434,670): once a queue exists, a write that skips it puts new bytes ahead of old
 //!   ones. Why does the slow reader of part 4 almost never leave a queue behind?
