@@ -453,9 +453,10 @@ fn a_backend_answering_500_is_taken_out_by_the_http_check() {
     }
 }
 
-/// A backend whose health page fails every second probe never has three failures in a
-/// row, so with `fall = 3` it never goes DOWN: it keeps its share of the clients. (With
-/// `rise = 3`, a balancer that took it out at one failure would never bring it back.)
+/// A backend whose health page fails every second probe (after four good ones) never has
+/// three failures in a row, so with `fall = 3` it never goes DOWN: it keeps its share of
+/// the clients. (With `rise = 3`, a balancer that took it out at one failure would never
+/// bring it back.)
 #[test]
 fn a_backend_failing_every_second_probe_stays_in_with_fall_3() {
     const INTERVAL: f64 = 0.1;
@@ -463,14 +464,18 @@ fn a_backend_failing_every_second_probe_stays_in_with_fall_3() {
         .into_iter()
         .filter(|t| checks_health(*t))
     {
-        let flapping = Station::start("flapping", 200, |n| if n % 2 == 1 { 500 } else { 200 });
+        let flapping = Station::start(
+            "flapping",
+            200,
+            |n| if n > 4 && n % 2 == 1 { 500 } else { 200 },
+        );
         let stations = [Station::healthy("b1"), Station::healthy("b2"), flapping];
         let ports: Vec<u16> = stations.iter().map(|s| s.port).collect();
         let mut proxy = target.start_with(&ports, &checks(INTERVAL, Some("/health"), 3, 3));
-        let probed = eventually(PATIENCE, || stations[2].probes() >= 9);
+        let probed = eventually(PATIENCE, || stations[2].probes() >= 14);
         assert!(
             probed,
-            "{target:?}: fewer than 9 probes of GET /health in {PATIENCE:?}"
+            "{target:?}: fewer than 14 probes of GET /health in {PATIENCE:?}"
         );
         let before = stations[2].requests();
         let (served, failed) = requests(proxy.port, 30);
