@@ -46,14 +46,24 @@ use std::time::{Duration, Instant};
 /// How long a test waits for something that takes well under a second on an idle machine.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Whether `target` has health checks these tests may configure with part 6's keys.
-/// (rsp's checks have their own keys and tests, `tests/rsp_balance.rs`.)
-fn checks_health(target: Target) -> bool {
-    let checked = !matches!(target, Target::Rsp | Target::RspMio);
-    if !checked {
-        println!("{target:?}: health checks are tested in tests/rsp_balance.rs");
-    }
-    checked
+/// The load balancers whose health checks these tests configure with part 6's keys: not
+/// `rsp`, whose checks have keys and tests of their own (`tests/rsp_balance.rs`).
+fn checked_balancers() -> Vec<Target> {
+    let mut targets = Target::load_balancers();
+    targets.retain(|target| {
+        let rsp = matches!(target, Target::Rsp | Target::RspMio);
+        if rsp {
+            println!("{target:?}: its health checks are tested in tests/rsp_balance.rs");
+        }
+        !rsp
+    });
+    targets
+}
+
+/// Starts `target` in front of `stations`, with `extra` config lines.
+fn balance(target: Target, stations: &[Station], extra: &str) -> Proxy {
+    let ports: Vec<u16> = stations.iter().map(|s| s.port).collect();
+    target.start_with(&ports, extra)
 }
 
 /// Part 6's check settings, as config lines.
@@ -251,8 +261,7 @@ fn spreads_requests_evenly_over_three_backends() {
         let stations: Vec<Station> = (1..=3)
             .map(|i| Station::healthy(&format!("b{i}")))
             .collect();
-        let ports: Vec<u16> = stations.iter().map(|s| s.port).collect();
-        let proxy = target.start_with(&ports, "");
+        let proxy = balance(target, &stations, "");
         let port = proxy.port;
         let clients: Vec<_> = (0..6)
             .map(|_| thread::spawn(move || requests(port, 50)))
@@ -303,16 +312,12 @@ fn no_client_sees_an_error_while_a_backend_is_killed_and_restarted() {
     const FALL: u32 = 2;
     const RISE: u32 = 3;
     const SLACK: Duration = Duration::from_secs(5);
-    for target in Target::load_balancers()
-        .into_iter()
-        .filter(|t| checks_health(*t))
-    {
+    for target in checked_balancers() {
         let mut stations: Vec<Station> = (1..=3)
             .map(|i| Station::healthy(&format!("b{i}")))
             .collect();
-        let ports: Vec<u16> = stations.iter().map(|s| s.port).collect();
         let settings = checks(INTERVAL, Some("/health"), RISE, FALL);
-        let mut proxy = target.start_with(&ports, &settings);
+        let mut proxy = balance(target, &stations, &settings);
         let port = proxy.port;
         let (gate, stop) = (Arc::new(RwLock::new(())), Arc::new(AtomicBool::new(false)));
         let clients: Vec<JoinHandle<(usize, Vec<String>)>> = (0..4)
@@ -337,7 +342,7 @@ fn no_client_sees_an_error_while_a_backend_is_killed_and_restarted() {
                 })
             })
             .collect();
-        let victim = ports[1];
+        let victim = stations[1].port;
         let busy = eventually(PATIENCE, || stations[1].requests() >= 5);
         assert!(busy, "{target:?}: the second backend got no traffic");
 
@@ -422,17 +427,13 @@ fn no_client_sees_an_error_while_a_backend_is_killed_and_restarted() {
 #[test]
 fn a_backend_answering_500_is_taken_out_by_the_http_check() {
     const INTERVAL: f64 = 0.2;
-    for target in Target::load_balancers()
-        .into_iter()
-        .filter(|t| checks_health(*t))
-    {
+    for target in checked_balancers() {
         let stations = [
             Station::healthy("b1"),
             Station::healthy("b2"),
             Station::start("bad", 500, |_| 500),
         ];
-        let ports: Vec<u16> = stations.iter().map(|s| s.port).collect();
-        let proxy = target.start_with(&ports, &checks(INTERVAL, Some("/health"), 2, 2));
+        let proxy = balance(target, &stations, &checks(INTERVAL, Some("/health"), 2, 2));
         // Two failed probes take it out; four leave the balancer time to act on them.
         // (A TCP check counts too, so that a balancer without the HTTP check fails below,
         // on the clients' 500s.)
@@ -460,18 +461,14 @@ fn a_backend_answering_500_is_taken_out_by_the_http_check() {
 #[test]
 fn a_backend_failing_every_second_probe_stays_in_with_fall_3() {
     const INTERVAL: f64 = 0.1;
-    for target in Target::load_balancers()
-        .into_iter()
-        .filter(|t| checks_health(*t))
-    {
+    for target in checked_balancers() {
         let flapping = Station::start(
             "flapping",
             200,
             |n| if n > 4 && n % 2 == 1 { 500 } else { 200 },
         );
         let stations = [Station::healthy("b1"), Station::healthy("b2"), flapping];
-        let ports: Vec<u16> = stations.iter().map(|s| s.port).collect();
-        let mut proxy = target.start_with(&ports, &checks(INTERVAL, Some("/health"), 3, 3));
+        let mut proxy = balance(target, &stations, &checks(INTERVAL, Some("/health"), 3, 3));
         let probed = eventually(PATIENCE, || stations[2].probes() >= 14);
         assert!(
             probed,
@@ -486,7 +483,7 @@ fn a_backend_failing_every_second_probe_stays_in_with_fall_3() {
             "{target:?}: the flapping backend had {share} of 30 clients, not about 10: it was \
              taken out; served: {served:?}"
         );
-        let down = format!("127.0.0.1:{} is DOWN", ports[2]);
+        let down = format!("127.0.0.1:{} is DOWN", stations[2].port);
         let logged = proxy.wait_for_line(&down, Duration::ZERO);
         assert!(logged.is_none(), "{target:?}: {logged:?}");
     }
@@ -497,16 +494,12 @@ fn a_backend_failing_every_second_probe_stays_in_with_fall_3() {
 #[test]
 fn with_every_backend_down_clients_are_still_tried() {
     const INTERVAL: f64 = 0.1;
-    for target in Target::load_balancers()
-        .into_iter()
-        .filter(|t| checks_health(*t))
-    {
+    for target in checked_balancers() {
         let stations = [
             Station::start("b1", 200, |_| 503),
             Station::start("b2", 200, |_| 503),
         ];
-        let ports: Vec<u16> = stations.iter().map(|s| s.port).collect();
-        let proxy = target.start_with(&ports, &checks(INTERVAL, Some("/health"), 2, 2));
+        let proxy = balance(target, &stations, &checks(INTERVAL, Some("/health"), 2, 2));
         let probed = eventually(PATIENCE, || stations.iter().all(|s| s.probes() >= 4));
         assert!(
             probed,
@@ -552,8 +545,7 @@ fn before_the_fix_part5_and_a_tcp_check_send_clients_to_a_dead_or_500_backend() 
         Station::healthy("b2"),
         Station::start("bad", 500, |_| 500),
     ];
-    let ports: Vec<u16> = stations.iter().map(|s| s.port).collect();
-    let part6 = Target::Part6.start_with(&ports, &checks(INTERVAL, None, 2, 2));
+    let part6 = balance(Target::Part6, &stations, &checks(INTERVAL, None, 2, 2));
     let checked = eventually(PATIENCE, || stations[2].silent.load(Ordering::SeqCst) >= 4);
     assert!(
         checked,
