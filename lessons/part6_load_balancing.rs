@@ -15,6 +15,11 @@
 //! - a backend goes DOWN after `fall` (default 3) failed probes in a row, and UP after
 //!   `rise` (default 2) good ones, each change one log line; if all are down, all are tried.
 //!
+//! What Rust changes: the health thread writes each backend's UP/DOWN while every worker
+//! reads it. A plain `bool` shared that way does not compile (a data race); an `AtomicBool`
+//! does, needs no lock, and the `Balancer` holding them is shared with an `Arc`, as part 5
+//! shared the backend's name.
+//!
 //! Run it (three terminals):
 //!
 //! ```text
