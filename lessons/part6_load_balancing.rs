@@ -413,7 +413,7 @@ fn handle_client_connection(client: TcpStream, balancer: &Balancer) {
             _ => format!("{who} error: {e}"),
         },
     };
-    info!("{peer} -> {addr}: {up} bytes up, {down} bytes down, {how}"); // New in part 6
+    info!("{peer}: via {addr}, {up} bytes up, {down} bytes down, {how}"); // New in part 6
 }
 
 /// Copies `from` to `to` until end of file, then passes the end of file on with a
