@@ -1,7 +1,7 @@
 //! Part 3's behaviour, as exercises: `make test-3` (or `cargo test --test part3_lua_config`).
 //!
-//! Parts 3, 4, 5 and 6 read the same Lua config (`part4 [--broken] <config.lua>`,
-//! `part5 <config.lua>`, `part7 <config.lua>`), so these tests run against all four.
+//! Parts 3 to 7 read the same Lua config (`part4 [--broken] <config.lua>`, `part5`, `part6`
+//! and `part7 <config.lua>`), so these tests run against all of them.
 //! `rsp` reads a different config (`proxy.lua`), which its own tests cover. A failure
 //! names the target.
 //!

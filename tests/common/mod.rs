@@ -366,6 +366,8 @@ pub enum Target {
     Part4Broken,
     /// `part5 <config.lua>`: the worker pool
     Part5,
+    /// `part6 <config.lua>`: several backends, round robin, health checks
+    Part6,
     /// `part7 <config.lua>`: the mio event loop
     Part7,
     /// `rsp <proxy.lua>` in threads mode
@@ -375,7 +377,8 @@ pub enum Target {
     /// A reader's own proxy (`make test-N BIN=path`, or the environment variables
     /// [`BIN_VAR`] and [`PART_VAR`]), started with lesson part `part`'s command line:
     /// parts 1 and 2 take `LISTEN_PORT BACKEND_HOST BACKEND_PORT`, later parts a Lua
-    /// config file with `listenPort`, `backendAddress` and `backendPort`.
+    /// config file with `listenPort`, `backendAddress` and `backendPort` (part 6, given
+    /// several backends or check settings: [`balancer_lua`]).
     Bin { path: &'static str, part: u8 },
 }
 
@@ -389,6 +392,7 @@ impl std::fmt::Debug for Target {
             Target::Part4 => "Part4",
             Target::Part4Broken => "Part4Broken",
             Target::Part5 => "Part5",
+            Target::Part6 => "Part6",
             Target::Part7 => "Part7",
             Target::Rsp => "Rsp",
             Target::RspMio => "RspMio",
@@ -415,6 +419,7 @@ fn lessons() -> Vec<(u8, Target)> {
         (3, Target::Part3),
         (4, Target::Part4),
         (5, Target::Part5),
+        (6, Target::Part6),
     ];
     if cfg!(feature = "mio") {
         lessons.push((7, Target::Part7));
@@ -479,6 +484,22 @@ impl Target {
         targets
     }
 
+    /// The targets that balance over several backends: lesson part 6 and `rsp` (part 7,
+    /// the mio lesson, has one backend). With a reader's proxy under test, only that
+    /// proxy, and only if it follows part 6; else none, and a line says why.
+    pub fn load_balancers() -> Vec<Target> {
+        match own_proxy() {
+            Some(own @ Target::Bin { part: 6, .. }) => vec![own],
+            Some(Target::Bin { part, .. }) => {
+                println!(
+                    "skipped: part 6's load balancing, which a proxy that follows part {part} need not have"
+                );
+                vec![]
+            }
+            _ => [vec![Target::Part6], Target::rsp_modes()].concat(),
+        }
+    }
+
     /// The lessons from part `n` on that read part 3's Lua config (no `rsp`), or the
     /// reader's proxy if it follows part `n` or later.
     pub fn lessons_from(n: u8) -> Vec<Target> {
@@ -505,6 +526,8 @@ impl Target {
             Target::Part2 | Target::Part3 | Target::Part4 | Target::Part4Broken => Some(1),
             // The main thread, the default 8 workers and ctrlc's signal thread.
             Target::Part5 => Some(10),
+            // Part 5's, and the health-check thread.
+            Target::Part6 => Some(11),
             _ => None,
         }
     }
@@ -517,6 +540,7 @@ impl Target {
             Target::Part3 => env!("CARGO_BIN_EXE_part3"),
             Target::Part4 | Target::Part4Broken => env!("CARGO_BIN_EXE_part4"),
             Target::Part5 => env!("CARGO_BIN_EXE_part5"),
+            Target::Part6 => env!("CARGO_BIN_EXE_part6"),
             #[cfg(feature = "mio")]
             Target::Part7 => env!("CARGO_BIN_EXE_part7"),
             #[cfg(not(feature = "mio"))]
@@ -532,7 +556,9 @@ impl Target {
     }
 
     /// Starts this target in front of `backends`; `rsp` also gets `extra` appended to its
-    /// proxy.lua (one `key = value` per line). Lessons take one backend and no extras.
+    /// proxy.lua (one `key = value` per line). Lessons take one backend and no extras,
+    /// except the load balancers of part 6 on ([`Target::load_balancers`]): given several
+    /// backends or extras, they get [`balancer_lua`].
     pub fn start_with(self, backends: &[u16], extra: &str) -> Proxy {
         let backend = backends[0];
         let port_args = |prefix: &[&str]| -> Vec<String> {
@@ -551,7 +577,15 @@ impl Target {
         let args: Vec<String> = match self {
             Target::Part1 | Target::Part2 => port_args(&[]),
             Target::Bin { part, .. } if part <= 2 => port_args(&[]),
-            Target::Part3 | Target::Part4 | Target::Part5 | Target::Part7 | Target::Bin { .. } => {
+            Target::Part6 | Target::Bin { .. } if backends.len() > 1 || !extra.is_empty() => {
+                vec![balancer_lua(backends, extra).display().to_string()]
+            }
+            Target::Part3
+            | Target::Part4
+            | Target::Part5
+            | Target::Part6
+            | Target::Part7
+            | Target::Bin { .. } => {
                 vec![lesson_lua().display().to_string()]
             }
             Target::Part4Broken => vec!["--broken".into(), lesson_lua().display().to_string()],
@@ -572,18 +606,31 @@ impl Target {
     }
 }
 
-/// Writes an rsp config listening on port 0 in front of `backends`, plus `extra` lines.
-pub fn rsp_config(backends: &[u16], extra: &str) -> PathBuf {
+/// Writes a part-6 config (lesson part 6, or a reader's load balancer): `listenPort = "0"`,
+/// `backends = { "127.0.0.1:P", … }`, then `extra` lines (`check_interval = 0.2`, …).
+pub fn balancer_lua(backends: &[u16], extra: &str) -> PathBuf {
+    let list = backend_list(backends);
+    temp_file(
+        "balancer.lua",
+        &format!("listenPort = \"0\"\nbackends = {{ {list} }}\n{extra}\n"),
+    )
+}
+
+/// `"127.0.0.1:P1", "127.0.0.1:P2", …`: the inside of a Lua `backends` list.
+fn backend_list(backends: &[u16]) -> String {
     let list: Vec<String> = backends
         .iter()
         .map(|p| format!("\"127.0.0.1:{p}\""))
         .collect();
+    list.join(", ")
+}
+
+/// Writes an rsp config listening on port 0 in front of `backends`, plus `extra` lines.
+pub fn rsp_config(backends: &[u16], extra: &str) -> PathBuf {
+    let list = backend_list(backends);
     temp_file(
         "proxy.lua",
-        &format!(
-            "listen = \"127.0.0.1:0\"\nbackends = {{ {} }}\n{extra}\n",
-            list.join(", ")
-        ),
+        &format!("listen = \"127.0.0.1:0\"\nbackends = {{ {list} }}\n{extra}\n"),
     )
 }
 
