@@ -56,9 +56,9 @@ pub struct Context {
 pub fn serve(ctx: &Context, job: Accepted) {
     let id = job.ticket.id();
     let connected = connect_backend(ctx, &job.ticket);
-    // `_lease` counts this connection on its backend until `serve` returns, however the
+    // `lease` counts this connection on its backend until it is dropped, however the
     // connection ends (a panic unwinds through it too).
-    let Ok((backend, _lease)) = connected else {
+    let Ok((backend, lease)) = connected else {
         let summary = Summary {
             id,
             client: job.addr,
@@ -86,11 +86,12 @@ pub fn serve(ctx: &Context, job: Accepted) {
         job.client,
         job.addr,
         backend,
-        _lease.backend().name.clone(),
+        lease.backend().name.clone(),
         job.accepted_at,
     ));
     job.ticket.attach(Arc::clone(&conn));
     relay_both(ctx, &conn);
+    drop(lease); // Counted no more before its line is logged.
     // The summary is an info line: not even built (a `String` copy) below that level.
     if log::log_enabled!(log::Level::Info) {
         conn.summary().log();
