@@ -309,14 +309,18 @@ impl Balancer {
         {
             return;
         }
-        if all_down {
-            log::warn!(
-                "all {} backends are DOWN or skipped: each client is sent to every one of \
-                 them in turn anyway",
-                self.nodes.len()
-            );
-        } else {
-            log::info!("a backend is available again");
+        match (all_down, self.nodes.as_slice()) {
+            (true, [only]) => log::warn!(
+                "backend {} is DOWN or skipped, and it is the only one: clients are sent to \
+                 it anyway",
+                only.backend.name
+            ),
+            (true, nodes) => log::warn!(
+                "all {} backends are DOWN or skipped: each client tries every one of them in \
+                 turn anyway",
+                nodes.len()
+            ),
+            (false, _) => log::info!("a backend is available again"),
         }
     }
 

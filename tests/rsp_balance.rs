@@ -451,3 +451,27 @@ fn with_every_backend_down_clients_are_turned_away_at_once_with_one_warning() {
         assert_eq!(warnings, 1, "{target:?}:\n{}", proxy.output());
     }
 }
+
+/// The check thread stops with rsp: SIGTERM with a probe in flight (to a backend that
+/// never answers) still exits 0 within the probe's timeout.
+#[test]
+fn the_check_thread_stops_on_shutdown() {
+    for target in Target::rsp_modes() {
+        let silent = Backend::start(|stream| {
+            thread::sleep(Duration::from_secs(5));
+            drop(stream);
+        });
+        let mut proxy = target.start_with(&[silent.port], &http_check(0.2, 1.0, 2, 3));
+        let probing = until(SLACK, || silent.accepted.load(Ordering::SeqCst) >= 1);
+        assert!(probing, "{target:?}: no probe");
+        let started = Instant::now();
+        proxy.signal("TERM");
+        let status = proxy.wait_exit(Duration::from_secs(1) + SLACK);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{target:?}: {status:?} after {:?}:\n{}",
+            started.elapsed(),
+            proxy.output()
+        );
+    }
+}
