@@ -25,12 +25,16 @@
 //! Nodes are `Arc`s, so a new list of backends (a reload) can keep the nodes of the
 //! backends that stay, counts and state included, and in-flight leases keep theirs.
 
+mod node;
+
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Backend;
+use node::tick;
+pub use node::{Lease, Node};
 
 /// How clients are spread over the available backends (`balance` in `proxy.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,112 +52,6 @@ impl Balance {
             Balance::RoundRobin => "roundrobin",
             Balance::LeastConn => "leastconn",
         }
-    }
-}
-
-/// One backend and its live state. Every field is readable from any thread.
-#[derive(Debug)]
-pub struct Node {
-    backend: Backend,
-    /// Connections leased to it now: connecting or connected.
-    open: AtomicUsize,
-    /// What the health checks say (always true with checks off).
-    up: AtomicBool,
-    /// Skipped until this [`tick`] after a failed connect; 0 = not skipped.
-    skip_until: AtomicU64,
-}
-
-impl Node {
-    fn new(backend: Backend) -> Node {
-        Node {
-            backend,
-            open: AtomicUsize::new(0),
-            up: AtomicBool::new(true),
-            skip_until: AtomicU64::new(0),
-        }
-    }
-
-    /// The backend as configured (name, address, weight).
-    pub fn backend(&self) -> &Backend {
-        &self.backend
-    }
-
-    /// Connections open to it now (connecting or connected).
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
-    }
-
-    /// Whether the health checks say it is UP (always true with checks off).
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::SeqCst)
-    }
-
-    /// Sets the health-check verdict; returns whether it changed. Called by the checks.
-    pub fn set_up(&self, up: bool) -> bool {
-        self.up.swap(up, Ordering::SeqCst) != up
-    }
-
-    /// Whether a failed client connect has it skipped right now.
-    pub fn is_skipped(&self) -> bool {
-        self.skipped_at(tick(Instant::now()))
-    }
-
-    fn skipped_at(&self, now: u64) -> bool {
-        self.skip_until.load(Ordering::Relaxed) > now
-    }
-
-    /// Ends a skip early: a client connect or a probe just succeeded.
-    pub fn clear_skip(&self) {
-        if self.skip_until.load(Ordering::Relaxed) != 0 {
-            self.skip_until.store(0, Ordering::Relaxed);
-        }
-    }
-
-    fn skip_until(&self, until: Instant) {
-        self.skip_until.store(tick(until), Ordering::Relaxed);
-    }
-
-    fn available_at(&self, now: u64) -> bool {
-        self.is_up() && !self.skipped_at(now)
-    }
-
-    fn weight(&self) -> u64 {
-        u64::from(self.backend.weight.max(1))
-    }
-}
-
-/// Nanoseconds since the first call, plus one (so 0 can mean "never"): an `Instant` that
-/// fits an atomic.
-fn tick(at: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    at.saturating_duration_since(epoch).as_nanos() as u64 + 1
-}
-
-/// One open connection counted on one backend, from the pick until it is dropped.
-#[derive(Debug)]
-pub struct Lease(Arc<Node>);
-
-impl Lease {
-    fn new(node: Arc<Node>) -> Lease {
-        node.open.fetch_add(1, Ordering::SeqCst);
-        Lease(node)
-    }
-
-    /// The backend this lease is on.
-    pub fn backend(&self) -> &Backend {
-        &self.0.backend
-    }
-
-    /// Its node (state and counts).
-    pub fn node(&self) -> &Arc<Node> {
-        &self.0
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -313,7 +211,7 @@ impl Balancer {
             (true, [only]) => log::warn!(
                 "backend {} is DOWN or skipped, and it is the only one: clients are sent to \
                  it anyway",
-                only.backend.name
+                only.backend().name
             ),
             (true, nodes) => log::warn!(
                 "all {} backends are DOWN or skipped: each client tries every one of them in \
