@@ -218,7 +218,7 @@ impl Balancer {
                  turn anyway",
                 nodes.len()
             ),
-            (false, _) => log::info!("a backend is available again"),
+            (false, _) => log::info!("backends are available again: clients go only to those"),
         }
     }
 
