@@ -231,8 +231,16 @@ fn a_killed_backend_is_taken_out_and_put_back_with_no_client_error() {
         let out_budget = Duration::from_secs_f64(interval * f64::from(fall) + 0.5) + SLACK;
         expect_line(&mut proxy, &name, out_budget, target);
         let out_after = killed.elapsed();
-        // Out: while it is DOWN the others serve everyone.
+        // Out: while it is DOWN the others serve everyone, and rsp tries it no more.
+        let tried = format!("backend 127.0.0.1:{} failed", ports[1]);
+        let tries = proxy.output().matches(&tried).count();
         assert!(wait_served(0, 5, SLACK) && wait_served(2, 5, SLACK));
+        assert_eq!(
+            proxy.output().matches(&tried).count(),
+            tries,
+            "{target:?}: a DOWN backend was tried:\n{}",
+            proxy.output()
+        );
 
         let restarted = Instant::now();
         backends[1] = Restartable::start(1, ports[1], Arc::clone(&served[1]));
