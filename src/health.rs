@@ -23,7 +23,9 @@
 //!
 //! Every change is one log line: `backend 127.0.0.1:8889 is DOWN: 3 failed checks, last:
 //! connection refused` or `backend 127.0.0.1:8889 is UP: 2 good checks`. The thread ends
-//! when its [`Checker`] is dropped (at most one probe's `timeout` later).
+//! when its [`Checker`] is dropped: at once between probes, or when the probe under way
+//! ends. Dropping waits for that up to [`STOP_WAIT`] (a probe's `timeout` may be long, and
+//! a connect cannot be interrupted), then lets the thread finish on its own.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -66,10 +68,16 @@ impl Default for Settings {
     }
 }
 
+/// The longest a [`Checker`]'s drop waits for a probe under way to end.
+pub const STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// The running check thread. Dropping it stops and joins the thread.
 #[derive(Debug)]
 pub struct Checker {
+    /// Dropped to tell the thread to stop.
     stop: Option<Sender<()>>,
+    /// Disconnects when the thread ends (its sender is dropped).
+    ended: Option<Receiver<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -80,16 +88,22 @@ impl Checker {
         let Some(settings) = settings.cloned() else {
             return Ok(Checker {
                 stop: None,
+                ended: None,
                 thread: None,
             });
         };
         let (stop, stopped) = crossbeam_channel::bounded(0);
+        let (ending, ended) = crossbeam_channel::bounded::<()>(0);
         let balancer = Arc::clone(balancer);
         let thread = thread::Builder::new()
             .name("health-check".into())
-            .spawn(move || run(&balancer, &settings, &stopped))?;
+            .spawn(move || {
+                let _ending = ending; // dropped when the thread ends, however it ends
+                run(&balancer, &settings, &stopped);
+            })?;
         Ok(Checker {
             stop: Some(stop),
+            ended: Some(ended),
             thread: Some(thread),
         })
     }
@@ -97,9 +111,17 @@ impl Checker {
 
 impl Drop for Checker {
     fn drop(&mut self) {
-        drop(self.stop.take()); // the thread's `recv_timeout` sees the disconnect
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        drop(self.stop.take()); // the thread's `recv_deadline` sees the disconnect
+        let (Some(thread), Some(ended)) = (self.thread.take(), self.ended.take()) else {
+            return;
+        };
+        match ended.recv_timeout(STOP_WAIT) {
+            Err(RecvTimeoutError::Timeout) => {
+                log::debug!("a health check is still under way; not waiting for it");
+            }
+            _ => {
+                let _ = thread.join(); // it has ended: this returns at once
+            }
         }
     }
 }
