@@ -113,8 +113,10 @@ fn expect_line(
 // ---------------------------------------------------------------------------------------
 
 /// A backend on a fixed port that can be stopped (its port then refuses) and started
-/// again. It stops accepting only between connections, so no client rsp has already
-/// connected is dropped unanswered.
+/// again. It closes its listener only when no connection waits to be accepted, so a
+/// client rsp has already connected is served, as by a server that stops gracefully.
+/// (A kill -9 would also reset the connections in its accept queue; the window left
+/// here, between the last empty `accept` and the close, is a few microseconds.)
 struct Restartable {
     port: u16,
     stop: Arc<AtomicBool>,
