@@ -14,6 +14,20 @@ listen = "127.0.0.1:8000"
 -- One or more "host:port" backends, used round-robin. `make backend` starts the demo
 -- backend on 127.0.0.1:8888. Names such as "localhost:8888" are resolved once, at start.
 backends = { "127.0.0.1:8888" }
+-- A backend may have a weight (1-256, default 1): { "127.0.0.1:8889", weight = 3 }
+-- gets three clients for every one the others get.
+
+-- How clients are spread: "roundrobin" (smooth weighted round robin) or "leastconn"
+-- (the backend with the fewest open connections per unit of weight).
+balance = "roundrobin"
+
+-- Active health checks are off unless this is set. Every `interval` seconds one thread
+-- probes each backend (a TCP connect within `timeout` seconds); a backend goes DOWN
+-- after `fall` failed probes in a row and UP again after `rise` good ones. With `send`
+-- and `expect` the probe writes `send` and the answer must start with `expect`.
+-- health_check = { interval = 2, timeout = 1, rise = 2, fall = 3 }
+-- health_check = { interval = 2, timeout = 1, rise = 2, fall = 3,
+--                  send = "GET /health HTTP/1.0\r\n\r\n", expect = "HTTP/1.0 200" }
 
 -- "threads": a pool of worker threads, two blocking copies per connection.
 -- "mio": event loops, one per CPU (needs rsp built with the `mio` feature, the default).
@@ -44,7 +58,8 @@ idle_timeout = 300     -- close a connection quiet in both directions this long;
 client_timeout = 30    -- close a client that sent nothing this long after connecting
                        -- (so silent clients cannot hold every worker); 0 = never. Only
                        -- before its first byte: after that, idle_timeout applies.
-backend_retry = 10     -- how long a backend that refused a connection is skipped
+backend_retry = 10     -- how long a backend that refused a client's connection is
+                       -- skipped (a good health check ends it sooner)
 drain_timeout = 10     -- on Ctrl-C, how long to wait for open connections to finish
 
 -- How much rsp logs: "error", "warn", "info", "debug" or "trace".

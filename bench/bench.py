@@ -12,6 +12,9 @@
     BENCH_LESSON_WORKERS=N ...        # the lesson's fixed pool (default 256)
     BENCH_MIO_LOOPS=N ...             # also run rsp-mio with `loops = N` as "rsp-mio-N"
                                       # (default 1; empty = only the default loops)
+    BENCH_CHECKS=1 ...                # also run rsp with `health_check` on, as
+                                      # "rsp-threads+checks" and "rsp-mio+checks" (the
+                                      # ratio table compares each with its mode unchecked)
     BENCH_BASE_ROOT=DIR ...           # also run DIR/target/release/rsp (an older checkout)
                                       # as "base-threads" and "base-mio", for before/after
                                       # ratios from one run
@@ -161,6 +164,8 @@ def start_proxies(tmp, backend_port, settings, targets, notes):
         starters.append((lesson_name(settings), start_lesson))
     if BASE_ROOT:
         starters += [("base-threads", start_rsp), ("base-mio", start_rsp)]
+    if os.environ.get("BENCH_CHECKS"):
+        starters += [("rsp-threads+checks", start_rsp), ("rsp-mio+checks", start_rsp)]
     for name, start in starters:
         try:
             server = start(name, tmp, backend_port, settings)
@@ -204,8 +209,11 @@ def start_rsp(name, tmp, backend_port, settings):
     binary = f"{release}/rsp"
     if not os.path.exists(binary):
         raise RuntimeError(f"{binary} not found (cargo build --release --bins)")
-    mode = name.split("-")[1]
+    checks = name.endswith("+checks")
+    mode = name.removesuffix("+checks").split("-")[1]
     text = procs.rsp_conf(backend_port, mode, BASE_WORKERS if base else settings.rsp_workers)
+    if checks:  # the default probe, a TCP connect to the backend every 2 s
+        text += "health_check = { interval = 2, timeout = 1, rise = 2, fall = 3 }\n"
     if name.count("-") == 2:  # rsp-mio-N
         text += f"loops = {int(name.split('-')[2])}\n"
     conf = procs.write_conf(f"{tmp}/{name}.lua", text, name)

@@ -293,6 +293,7 @@ def ratio_table(results, names, settings):
     pairs = [("rsp-threads", lesson)] + [(me, "HAProxy") for me in mine] \
         + [(me, "direct") for me in ("rsp-threads", "rsp-mio")] \
         + [(f"rsp-{m}", f"base-{m}") for m in ("threads", "mio")] \
+        + [(f"rsp-{m}+checks", f"rsp-{m}") for m in ("threads", "mio")] \
         + [(f"base-{m}", "HAProxy") for m in ("threads", "mio")]
     pairs = [(a, b) for a, b in pairs if a in names and b in names]
     if not pairs:

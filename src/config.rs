@@ -12,6 +12,7 @@
 //! for Lua errors, `proxy.lua: workers: …` for a bad value.
 
 mod address;
+mod balance;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -51,6 +52,9 @@ pub struct Backend {
     pub name: String,
     /// The address resolved once at start.
     pub addr: SocketAddr,
+    /// Its share of clients against the others' (`{ "host:port", weight = 3 }`); 1 if
+    /// not set.
+    pub weight: u32,
 }
 
 /// Everything rsp needs to run, with defaults filled in.
@@ -87,6 +91,10 @@ pub struct Config {
     /// Mio mode: event loops, each on its own thread; the default is one per CPU this
     /// process may use.
     pub loops: usize,
+    /// How clients are spread over the backends.
+    pub balance: crate::balancer::Balance,
+    /// Active health checks (`health_check = { … }`); `None` = off.
+    pub health_check: Option<crate::health::Settings>,
 }
 
 impl Config {
@@ -108,6 +116,8 @@ impl Config {
             mode: Mode::Threads,
             max_buffered: 256 * 1024,
             loops: default_loops(),
+            balance: crate::balancer::Balance::RoundRobin,
+            health_check: None,
         }
     }
 }
@@ -140,11 +150,7 @@ impl Loaded {
     pub fn describe(&self) -> String {
         let c = &self.config;
         let secs = |d: Duration| d.as_secs_f64().to_string();
-        let names: Vec<String> = c
-            .backends
-            .iter()
-            .map(|b| format!("\"{}\"", b.name))
-            .collect();
+        let names: Vec<String> = c.backends.iter().map(balance::show_backend).collect();
         let lines = [
             ("listen", format!("\"{}\"", c.listen)),
             ("backends", format!("{{ {} }}", names.join(", "))),
@@ -162,9 +168,19 @@ impl Loaded {
             ("mode", format!("\"{}\"", c.mode.name())),
             ("loops", c.loops.to_string()),
             ("max_buffered", c.max_buffered.to_string()),
+            ("balance", format!("\"{}\"", c.balance.name())),
+            (
+                "health_check",
+                balance::show_health_check(c.health_check.as_ref()),
+            ),
         ];
         let mut out = String::new();
         for (key, value) in lines {
+            if key == "health_check" && self.defaulted.contains(&key) {
+                // Off: shown commented out, so the description still reads back the same.
+                out += &format!("-- {key} = {value}  -- default: off; set it to turn checks on\n");
+                continue;
+            }
             out += &format!("{key} = {value}");
             if key == "workers" && self.defaulted.contains(&key) {
                 out += &format!("  -- default: {}", self.workers_why);
@@ -321,7 +337,7 @@ fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
         if let Value::String(key) = key {
             let key = key.to_string_lossy().into_owned();
             if !builtins.contains(&key) {
-                values.insert(key, to_raw(&value, true)?);
+                values.insert(key, to_raw(&value, 2)?);
             }
         }
     }
@@ -343,20 +359,34 @@ fn global_names(lua: &Lua) -> LuaResult<Vec<String>> {
     Ok(names)
 }
 
-/// Copies a Lua value out of the state. Tables are copied one level deep (`backends` is
-/// a list of strings; nothing in a config nests deeper).
-fn to_raw(value: &Value, top: bool) -> LuaResult<Raw> {
+/// Copies a Lua value out of the state. Tables are copied `depth` levels deep: a global
+/// and one table inside it (`backends = { { "host:port", weight = 3 } }`); nothing in a
+/// config nests deeper.
+fn to_raw(value: &Value, depth: u8) -> LuaResult<Raw> {
     Ok(match value {
         Value::Integer(i) => Raw::Number(*i as f64),
         Value::Number(n) => Raw::Number(*n),
         Value::String(s) => Raw::Str(s.to_string_lossy().into_owned()),
-        Value::Table(table) if top => {
+        Value::Table(table) if depth > 0 => {
             let mut items = Vec::new();
             for item in table.clone().sequence_values::<Value>() {
-                items.push(to_raw(&item?, false)?);
+                items.push(to_raw(&item?, depth - 1)?);
+            }
+            let mut named = Vec::new();
+            for pair in table.clone().pairs::<Value, Value>() {
+                if let (Value::String(key), value) = pair? {
+                    named.push((
+                        key.to_string_lossy().into_owned(),
+                        to_raw(&value, depth - 1)?,
+                    ));
+                }
             }
             let only_list = table.clone().pairs::<Value, Value>().count() == items.len();
-            Raw::Table { items, only_list }
+            Raw::Table {
+                items,
+                only_list,
+                named,
+            }
         }
         other => Raw::Other(other.type_name()),
     })

@@ -129,7 +129,7 @@ fn gives_error_messages_on_nonexistent_or_buggy_config_files() {
         ),
         (
             "listen = \"127.0.0.1:0\"\nbackends = { \"127.0.0.1:1\", true }\n".into(),
-            "backends[2]: expected a \"host:port\" string, got boolean",
+            "backends[2]: expected \"host:port\" or { \"host:port\", weight = N }, got boolean",
         ),
         (
             "listen = \"127.0.0.1:0\"\nbackends = { \"127.0.0.1:0\" }\n".into(),
@@ -472,4 +472,112 @@ fn an_endless_call_into_c_is_stopped() {
     assert_stopped_in_time(
         "string.find(string.rep(\"a\", 40), string.rep(\"a?\", 40) .. string.rep(\"a\", 40))",
     );
+}
+
+/// The load-balancing keys: `balance`, a backend's `weight`, `health_check`. `--check`
+/// shows them, the check settings with their defaults even when checks are off.
+#[test]
+fn check_shows_balance_weights_and_health_check_settings() {
+    let (code, output) = check(VALID);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output
+            .lines()
+            .any(|l| l == "balance = \"roundrobin\"  -- default"),
+        "{output}"
+    );
+    // Off, shown commented out (the description still reads back as the same config).
+    assert!(
+        output.lines().any(|l| l.starts_with(
+            "-- health_check = { interval = 2, timeout = 1, rise = 2, fall = 3 }  -- default: off"
+        )),
+        "{output}"
+    );
+    let text = "listen = \"127.0.0.1:0\"\n\
+                backends = { \"127.0.0.1:1\", { \"127.0.0.1:2\", weight = 3 } }\n\
+                balance = \"leastconn\"\n\
+                health_check = { interval = 0.5, fall = 5, send = \"GET /health HTTP/1.0\\r\\n\\r\\n\", expect = \"HTTP/1.0 200\" }\n";
+    let (code, output) = check(text);
+    assert_eq!(code, Some(0), "{output}");
+    for line in [
+        "backends = { \"127.0.0.1:1\", { \"127.0.0.1:2\", weight = 3 } }  -- resolved to 127.0.0.1:1, 127.0.0.1:2",
+        "balance = \"leastconn\"",
+        "health_check = { interval = 0.5, timeout = 1, rise = 2, fall = 5, send = \"GET /health HTTP/1.0\\r\\n\\r\\n\", expect = \"HTTP/1.0 200\" }",
+    ] {
+        assert!(
+            output.lines().any(|l| l == line),
+            "no {line:?} in:\n{output}"
+        );
+    }
+}
+
+/// Each bad value of a load-balancing key is one line naming the key and what was wrong.
+#[test]
+fn bad_balance_weight_and_health_check_values_are_one_line_errors() {
+    for (line, expected) in [
+        (
+            "balance = \"random\"",
+            "balance: expected one of \"roundrobin\", \"leastconn\", got string \"random\"",
+        ),
+        (
+            "backends = { { \"127.0.0.1:1\", weight = 0 } }",
+            "backends[1].weight: expected a whole number from 1 to 256, got 0",
+        ),
+        (
+            "backends = { { \"127.0.0.1:1\", weight = 2.5 } }",
+            "backends[1].weight: expected a whole number from 1 to 256, got 2.5",
+        ),
+        (
+            "backends = { { \"127.0.0.1:1\", wieght = 2 } }",
+            "backends[1]: unknown key 'wieght' (expected weight)",
+        ),
+        (
+            "backends = { { weight = 2 } }",
+            "backends[1]: expected \"host:port\" or { \"host:port\", weight = N }",
+        ),
+        (
+            "backends = { true }",
+            "backends[1]: expected \"host:port\" or { \"host:port\", weight = N }, got boolean",
+        ),
+        (
+            "health_check = 5",
+            "health_check: expected a table such as { interval = 2, timeout = 1, rise = 2, fall = 3 }, got number 5",
+        ),
+        (
+            "health_check = { \"x\" }",
+            "health_check: expected a table such as",
+        ),
+        (
+            "health_check = { intervall = 2 }",
+            "health_check: unknown key 'intervall' (expected interval, timeout, rise, fall, send or expect)",
+        ),
+        (
+            "health_check = { interval = 0 }",
+            "health_check.interval: expected a number of seconds more than 0",
+        ),
+        (
+            "health_check = { timeout = -1 }",
+            "health_check.timeout: expected a number of seconds more than 0",
+        ),
+        (
+            "health_check = { rise = 0 }",
+            "health_check.rise: expected a whole number from 1 to 100, got 0",
+        ),
+        (
+            "health_check = { fall = 1.5 }",
+            "health_check.fall: expected a whole number from 1 to 100, got 1.5",
+        ),
+        (
+            "health_check = { send = 3 }",
+            "health_check.send: expected a non-empty string, got number 3",
+        ),
+        (
+            "health_check = { expect = \"\" }",
+            "health_check.expect: expected a non-empty string",
+        ),
+    ] {
+        // `backends` lines replace VALID's (a global set twice keeps the last value).
+        let (code, output) = check(&format!("{VALID}{line}\n"));
+        assert_one_line_error(code, &output, expected);
+    }
 }

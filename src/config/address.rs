@@ -50,18 +50,17 @@ impl Checker<'_> {
             Some(Raw::Table {
                 items,
                 only_list: true,
+                ..
             }) if !items.is_empty() => items,
             Some(other) => return Err(self.error("backends", format!("{expected}, got {other}"))),
         };
         let mut backends = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let key = format!("backends[{}]", i + 1);
-            let Raw::Str(name) = item else {
-                return Err(
-                    self.error(&key, format!("expected a \"host:port\" string, got {item}"))
-                );
-            };
-            backends.push(backend(name).map_err(|e| self.error(&key, e))?);
+            let (name, weight) = self.weighted(&key, item)?;
+            let mut backend = backend(name).map_err(|e| self.error(&key, e))?;
+            backend.weight = weight;
+            backends.push(backend);
         }
         Ok(backends)
     }
@@ -106,6 +105,7 @@ fn backend(name: &str) -> Result<Backend, String> {
     Ok(Backend {
         name: name.to_string(),
         addr,
+        weight: 1,
     })
 }
 

@@ -17,8 +17,13 @@ pub(crate) enum Raw {
     Number(f64),
     /// A Lua string.
     Str(String),
-    /// A table: its list part `[1..n]`, and whether that was all it held.
-    Table { items: Vec<Raw>, only_list: bool },
+    /// A table: its list part `[1..n]`, whether that was all it held, and its string
+    /// keys (`health_check = { interval = 2 }`).
+    Table {
+        items: Vec<Raw>,
+        only_list: bool,
+        named: Vec<(String, Raw)>,
+    },
     /// Anything else, by Lua type name: `boolean`, `function`, a nested table…
     Other(&'static str),
 }
@@ -40,7 +45,7 @@ impl fmt::Display for Raw {
 }
 
 /// A found value after "got" in a range error: a number bare (`got 16384.5`), else typed.
-fn shown(value: &Raw) -> String {
+pub(super) fn shown(value: &Raw) -> String {
     match value {
         Raw::Number(n) => n.to_string(),
         other => other.to_string(),
@@ -48,7 +53,7 @@ fn shown(value: &Raw) -> String {
 }
 
 /// The keys rsp reads, in the order `--check` prints them.
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 15] = [
     "listen",
     "backends",
     "workers",
@@ -62,11 +67,13 @@ const KEYS: [&str; 13] = [
     "mode",
     "loops",
     "max_buffered",
+    "balance",
+    "health_check",
 ];
 /// The blog's part-3 keys, still accepted so a reader's part-3 config runs unchanged.
 pub(super) const PART3_KEYS: [&str; 3] = ["listenPort", "backendAddress", "backendPort"];
 /// The longest timeout accepted, one year: larger values are surely a mistake.
-const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+pub(super) const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 /// The most event loops: far more than the cores of any machine rsp will meet; each loop
 /// is a thread and a listening socket.
 const MAX_LOOPS: u64 = 1024;
@@ -129,6 +136,7 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
     if let Some(n) = c.whole("max_buffered", 1024, 1 << 30)? {
         config.max_buffered = n as usize;
     }
+    c.balancing(&mut config)?;
     if config.mode != Mode::Threads {
         warnings.clear(); // `workers` is a threads-mode setting.
     }
@@ -220,7 +228,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The value of `key`, or `None` (and `key` noted as defaulted) if the file left it out.
-    fn get(&mut self, key: &'static str) -> Option<&'a Raw> {
+    pub(super) fn get(&mut self, key: &'static str) -> Option<&'a Raw> {
         let value = self.values.get(key);
         if value.is_none() {
             self.defaulted.push(key);
@@ -276,7 +284,7 @@ impl<'a> Checker<'a> {
     }
 
     /// One of the strings in `allowed`.
-    fn choice(
+    pub(super) fn choice(
         &mut self,
         key: &'static str,
         allowed: &[&'static str],

@@ -20,6 +20,7 @@ use mio::Registry;
 use mio::net::TcpStream;
 
 use super::connection::{Ctx, Side, interest, token};
+use crate::balancer::{Lease, Plan};
 use crate::fds;
 use crate::outcome::Outcome;
 
@@ -28,14 +29,14 @@ use crate::outcome::Outcome;
 pub struct Connecting {
     /// The socket of the current attempt; `None` while waiting for a free fd.
     stream: Option<TcpStream>,
-    /// Which backend it is (an index into the balancer).
-    index: usize,
+    /// Which backend it is, counted on it while the attempt lasts.
+    lease: Lease,
     /// When the current backend is given up.
     deadline: Instant,
     /// While out of fds: when to try again.
     retry_at: Option<Instant>,
-    /// Backends to try after this one, the next one last.
-    to_try: Vec<usize>,
+    /// Backends to try after this one.
+    to_try: Plan,
 }
 
 /// What became of a connect after an event or a tick.
@@ -43,32 +44,30 @@ pub struct Connecting {
 pub enum Step {
     /// Still under way (maybe with the next backend).
     Waiting(Connecting),
-    /// Connected to backend `index` (the second field).
-    Connected(TcpStream, usize),
+    /// Connected to the lease's backend.
+    Connected(TcpStream, Lease),
 }
 
 impl Connecting {
     /// Starts connection `id`'s connect to the first backend of a fresh balancer plan.
     /// Fails with [`Outcome::ConnectFailed`] if no backend can even be tried.
     pub fn start(id: u64, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
-        let mut to_try = ctx.balancer.plan();
-        to_try.reverse();
-        Connecting::next(id, to_try, ctx)
+        Connecting::next(id, ctx.balancer.plan(), ctx)
     }
 
     /// Starts a connect to the next backend in `to_try` that accepts one.
-    fn next(id: u64, mut to_try: Vec<usize>, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
-        while let Some(index) = to_try.pop() {
+    fn next(id: u64, mut to_try: Plan, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
+        while let Some(lease) = to_try.next() {
             let mut connecting = Connecting {
                 stream: None,
-                index,
+                lease,
                 deadline: ctx.now + ctx.settings.connect_timeout,
                 retry_at: None,
                 to_try,
             };
             match connecting.open(id, ctx) {
                 Ok(()) => return Ok(connecting),
-                Err(e) => failed(id, index, &e, ctx)?,
+                Err(e) => failed(id, &connecting.lease, &e, ctx)?,
             }
             to_try = connecting.to_try;
         }
@@ -77,7 +76,7 @@ impl Connecting {
 
     /// Opens the socket and starts the handshake, or, out of fds, plans a retry.
     fn open(&mut self, id: u64, ctx: &mut Ctx) -> io::Result<()> {
-        let addr = ctx.balancer.backend(self.index).addr;
+        let addr = self.lease.backend().addr;
         let opened = TcpStream::connect(addr).and_then(|mut stream| {
             // Urgent bytes are passed on in order like any others (see `listen::listen`).
             socket2::SockRef::from(&stream).set_out_of_band_inline(true)?;
@@ -123,9 +122,9 @@ impl Connecting {
                 _ => self.give_up(id, &e, ctx),
             };
         }
-        ctx.balancer.mark_up(self.index);
+        ctx.balancer.connected(&self.lease);
         let _ = stream.set_nodelay(true); // A latency hint; failing is harmless.
-        Ok(Step::Connected(stream, self.index))
+        Ok(Step::Connected(stream, self.lease))
     }
 
     /// A deadline passed: retries a connect that lacked an fd, gives up one that took too
@@ -149,7 +148,7 @@ impl Connecting {
         if let Some(mut stream) = self.stream.take() {
             let _ = ctx.registry.deregister(&mut stream);
         }
-        failed(id, self.index, error, ctx)?;
+        failed(id, &self.lease, error, ctx)?;
         Connecting::next(id, self.to_try, ctx).map(Step::Waiting)
     }
 
@@ -161,11 +160,11 @@ impl Connecting {
     }
 }
 
-/// Reports a failed attempt on backend `index` to the balancer (which logs it and marks
-/// the backend down). `Err` when the connection should give up rather than try the next
+/// Reports a failed attempt on `lease`'s backend to the balancer (which logs it and skips
+/// the backend). `Err` when the connection should give up rather than try the next
 /// backend (out of fds: another backend would fail alike).
-fn failed(id: u64, index: usize, error: &io::Error, ctx: &mut Ctx) -> Result<(), Outcome> {
-    match ctx.balancer.connect_failed(id, index, error) {
+fn failed(id: u64, lease: &Lease, error: &io::Error, ctx: &mut Ctx) -> Result<(), Outcome> {
+    match ctx.balancer.connect_failed(id, lease, error) {
         true => Ok(()),
         false => Err(Outcome::ConnectFailed),
     }

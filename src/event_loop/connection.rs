@@ -15,7 +15,7 @@ use mio::{Interest, Registry, Token};
 
 use super::connect::{Connecting, Step};
 use super::pipe::{Fault, Pipe};
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Lease};
 use crate::outcome::{Outcome, Summary};
 
 /// Which socket of a connection an event is for.
@@ -86,8 +86,9 @@ pub struct Ctx<'a> {
 enum Backend {
     /// The connect is under way.
     Connecting(Connecting),
-    /// Connected to the backend with this index in the balancer.
-    Connected(TcpStream, usize),
+    /// Connected to the lease's backend (the lease counts the connection on it until
+    /// the connection is dropped).
+    Connected(TcpStream, Lease),
     /// No backend: every connect failed (the connection is about to close).
     Failed,
 }
@@ -204,9 +205,9 @@ impl Conn {
         };
         self.backend = match step {
             Step::Waiting(connecting) => Backend::Connecting(connecting),
-            Step::Connected(stream, index) => {
+            Step::Connected(stream, lease) => {
                 self.last_active = ctx.now;
-                Backend::Connected(stream, index)
+                Backend::Connected(stream, lease)
             }
         };
         Ok(())
@@ -352,7 +353,7 @@ impl Conn {
     /// closed, and these fds are never `dup`ed, so dropping them is enough (and saves two
     /// `epoll_ctl` calls per connection, a tenth of its syscalls). A late event for a
     /// token of ours finds no connection in the map and is ignored.
-    pub fn close(self, outcome: Outcome, registry: &Registry, balancer: &Balancer) -> Summary {
+    pub fn close(self, outcome: Outcome, registry: &Registry) -> Summary {
         let in_flight = !self.up.is_quiet() || !self.down.is_quiet();
         let (reset_client, reset_backend) = match outcome {
             Outcome::ClientReset => (false, true),
@@ -365,11 +366,11 @@ impl Conn {
             reset_on_close(&self.client);
         }
         let backend = match self.backend {
-            Backend::Connected(stream, index) => {
+            Backend::Connected(stream, lease) => {
                 if reset_backend {
                     reset_on_close(&stream);
                 }
-                balancer.backend(index).name.clone()
+                lease.backend().name.clone()
             }
             Backend::Connecting(connecting) => {
                 connecting.close(registry);

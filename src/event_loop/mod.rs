@@ -64,7 +64,7 @@ use shared::Shared;
 /// Runs the proxy in mio mode until Ctrl-C (or SIGTERM), then drains and returns `Ok`.
 /// Errors only if it cannot start (e.g. the listen address is taken), or if an event loop
 /// fails (then the other loops drain first).
-pub fn run(config: Config) -> io::Result<()> {
+pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
     let n = config.loops.max(1);
     let listeners = crate::listen::listen_many(config.listen, n)?;
     let port = listeners[0].local_addr()?.port();
@@ -76,7 +76,7 @@ pub fn run(config: Config) -> io::Result<()> {
         polls.push(poll);
     }
     let shared = Arc::new(Shared {
-        balancer: Balancer::new(config.backends.clone(), config.backend_retry),
+        balancer,
         open: AtomicUsize::new(0),
         max_conns: crate::listen::connection_limit().unwrap_or(usize::MAX),
         limit_logged: AtomicBool::new(false),

@@ -306,8 +306,7 @@ impl EventLoop {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
-        conn.close(outcome, self.poll.registry(), &self.shared.balancer)
-            .log();
+        conn.close(outcome, self.poll.registry()).log();
         self.shared.release();
     }
 

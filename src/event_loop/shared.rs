@@ -2,8 +2,8 @@
 //! connections under the limit from the open-files limit, the connection ids, one waker per
 //! loop, the drain's log lines. Everything else belongs to one loop ([`super::one_loop`]).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::Waker;
@@ -14,7 +14,7 @@ use crate::shutdown::DrainLog;
 /// What every loop shares.
 pub(super) struct Shared {
     /// Round robin with failover, shared code with threads mode.
-    pub(super) balancer: Balancer,
+    pub(super) balancer: Arc<Balancer>,
     /// Connections open in all loops (reserved just before `accept`).
     pub(super) open: AtomicUsize,
     /// The most connections open at once in the process (`listen::connection_limit`):
@@ -89,7 +89,11 @@ mod tests {
 
     fn shared(max_conns: usize, poll: &Poll) -> Shared {
         Shared {
-            balancer: Balancer::new(Vec::new(), Duration::from_secs(1)),
+            balancer: Arc::new(Balancer::new(
+                Vec::new(),
+                Duration::from_secs(1),
+                crate::balancer::Balance::RoundRobin,
+            )),
             open: AtomicUsize::new(0),
             max_conns,
             limit_logged: AtomicBool::new(false),

@@ -44,7 +44,7 @@ use worker::{Accepted, Context, CopyJob};
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
 /// Runs threads mode until Ctrl-C (or SIGTERM), then drains and returns `Ok`.
-pub fn run(config: Config) -> io::Result<()> {
+pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
     let listener = listen(config.listen)?;
     let local = listener.local_addr()?;
     let shutdown = Shutdown::new();
@@ -59,7 +59,7 @@ pub fn run(config: Config) -> io::Result<()> {
         client_timeout: config.client_timeout,
     };
     let ctx = Context {
-        balancer: Balancer::new(config.backends.clone(), config.backend_retry),
+        balancer,
         connect_timeout: config.connect_timeout,
         relay,
         copiers,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Lease};
 use crate::fds;
 use crate::outcome::panic_message;
 use crate::outcome::{Outcome, Summary};
@@ -43,7 +43,7 @@ pub struct Accepted {
 /// What every worker shares.
 pub struct Context {
     /// Chooses the backend.
-    pub balancer: Balancer,
+    pub balancer: Arc<Balancer>,
     /// How long one backend connect may take.
     pub connect_timeout: Duration,
     /// Copy-loop settings.
@@ -56,7 +56,9 @@ pub struct Context {
 pub fn serve(ctx: &Context, job: Accepted) {
     let id = job.ticket.id();
     let connected = connect_backend(ctx, &job.ticket);
-    let Ok((backend, name)) = connected else {
+    // `lease` counts this connection on its backend until it is dropped, however the
+    // connection ends (a panic unwinds through it too).
+    let Ok((backend, lease)) = connected else {
         let summary = Summary {
             id,
             client: job.addr,
@@ -84,32 +86,33 @@ pub fn serve(ctx: &Context, job: Accepted) {
         job.client,
         job.addr,
         backend,
-        name,
+        lease.backend().name.clone(),
         job.accepted_at,
     ));
     job.ticket.attach(Arc::clone(&conn));
     relay_both(ctx, &conn);
+    drop(lease); // Counted no more before its line is logged.
     // The summary is an info line: not even built (a `String` copy) below that level.
     if log::log_enabled!(log::Level::Info) {
         conn.summary().log();
     }
 }
 
-/// Tries the balancer's backends in order, each once; marks each failure down. `Err` is
-/// the connection's outcome: `ConnectFailed`, or `Shutdown` if the drain's cut abandoned
-/// the connect (the backend is not to blame then).
-fn connect_backend(ctx: &Context, ticket: &Ticket) -> Result<(TcpStream, String), Outcome> {
+/// Tries the balancer's backends in order, each once; marks each failure down. Returns
+/// the socket and its [`Lease`] (which counts the connection on its backend until it is
+/// dropped). `Err` is the connection's outcome: `ConnectFailed`, or `Shutdown` if the
+/// drain's cut abandoned the connect (the backend is not to blame then).
+fn connect_backend(ctx: &Context, ticket: &Ticket) -> Result<(TcpStream, Lease), Outcome> {
     let id = ticket.id();
-    for index in ctx.balancer.plan() {
-        let backend = ctx.balancer.backend(index);
-        match connect(ctx, ticket, &backend.addr) {
+    for lease in ctx.balancer.plan() {
+        match connect(ctx, ticket, &lease.backend().addr) {
             Ok(stream) => {
-                ctx.balancer.mark_up(index);
-                return Ok((stream, backend.name.clone()));
+                ctx.balancer.connected(&lease);
+                return Ok((stream, lease));
             }
             Err(_) if ticket.is_cut() => return Err(Outcome::Shutdown),
             Err(e) => {
-                if !ctx.balancer.connect_failed(id, index, &e) {
+                if !ctx.balancer.connect_failed(id, &lease, &e) {
                     return Err(Outcome::ConnectFailed);
                 }
             }
