@@ -73,6 +73,51 @@ impl Outcome {
     }
 }
 
+/// How a connection's two sockets are closed: `true` for a reset (`SO_LINGER` 0, an RST),
+/// `false` for a normal close (a FIN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    /// Reset the client.
+    pub client: bool,
+    /// Reset the backend.
+    pub backend: bool,
+}
+
+impl Outcome {
+    /// The one rule for how a connection ends, in both modes. `moved`: a byte moved on the
+    /// connection, either way, at any time.
+    /// - A peer's reset is passed on as a reset to the other peer, after the bytes it sent
+    ///   before it (the caller's job: it ends the connection only then).
+    /// - A connection rsp ends on its own (idle or client timeout, the drain's deadline, a
+    ///   second signal, a panic) is reset both ways once a byte has moved: a truncated
+    ///   transfer must never look complete, and rsp cannot tell a pause between requests
+    ///   from a pause inside one. With nothing moved, both get a plain close.
+    /// - Otherwise (`eof`, `connect failed`) a FIN: a peer's own FIN passed on.
+    pub fn ends(self, moved: bool) -> Ends {
+        let (client, backend) = match self {
+            Outcome::ClientReset => (false, true),
+            Outcome::BackendReset => (true, false),
+            Outcome::IdleTimeout
+            | Outcome::ClientTimeout
+            | Outcome::Shutdown
+            | Outcome::InternalError => (moved, moved),
+            Outcome::Eof | Outcome::ConnectFailed => (false, false),
+        };
+        Ends { client, backend }
+    }
+
+    /// Whether rsp ended the connection on its own, not a peer (see [`Outcome::ends`]).
+    pub fn is_cut(self) -> bool {
+        matches!(
+            self,
+            Outcome::IdleTimeout
+                | Outcome::ClientTimeout
+                | Outcome::Shutdown
+                | Outcome::InternalError
+        )
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
