@@ -105,17 +105,6 @@ impl Outcome {
         };
         Ends { client, backend }
     }
-
-    /// Whether rsp ended the connection on its own, not a peer (see [`Outcome::ends`]).
-    pub fn is_cut(self) -> bool {
-        matches!(
-            self,
-            Outcome::IdleTimeout
-                | Outcome::ClientTimeout
-                | Outcome::Shutdown
-                | Outcome::InternalError
-        )
-    }
 }
 
 impl fmt::Display for Outcome {
