@@ -206,7 +206,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // slows this thread down, and no data is ever lost (the bug of C part 2).
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err(e);
+            // `to` has gone, but what it sent before it went is still readable: the other
+            // thread reads it and delivers it to `from`, so leave both sockets to it.
+            return Err(e);
         }
         copied += bytes_read as u64;
     };

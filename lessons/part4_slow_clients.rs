@@ -238,7 +238,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // queue what the socket refused: that is part 7.
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err(e);
+            // `to` has gone, but what it sent before it went is still readable: the other
+            // thread reads it and delivers it to `from`, so leave both sockets to it.
+            return Err(e);
         }
         copied += bytes_read as u64;
     };
