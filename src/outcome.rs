@@ -18,7 +18,7 @@ pub enum Outcome {
     BackendReset,
     /// No byte moved in either direction for `idle_timeout`.
     IdleTimeout,
-    /// The client sent nothing for `client_timeout` after it was accepted.
+    /// No byte moved either way for `client_timeout` after the client was accepted.
     ClientTimeout,
     /// No backend accepted the connection.
     ConnectFailed,

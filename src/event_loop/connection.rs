@@ -63,7 +63,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Close a connection with no bytes moving for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
-    /// Close a connection whose client sent nothing this long after it was accepted.
+    /// Close a connection on which no byte moved either way this long after it was
+    /// accepted.
     pub client_timeout: Option<Duration>,
 }
 

@@ -98,7 +98,7 @@ pub struct RelaySettings {
     pub buffer_size: usize,
     /// Cut the connection after this long with no bytes either way.
     pub idle_timeout: Option<Duration>,
-    /// Cut the connection if the client sent nothing this long after it was accepted.
+    /// Cut the connection if no byte moved either way this long after it was accepted.
     pub client_timeout: Option<Duration>,
 }
 
