@@ -196,6 +196,26 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_is_a_reset_both_ways_once_a_byte_moved() {
+        let both = |o: Outcome, moved| {
+            let ends = o.ends(moved);
+            (ends.client, ends.backend)
+        };
+        for cut in [
+            Outcome::IdleTimeout,
+            Outcome::ClientTimeout,
+            Outcome::Shutdown,
+            Outcome::InternalError,
+        ] {
+            assert_eq!(both(cut, true), (true, true), "{cut}");
+            assert_eq!(both(cut, false), (false, false), "{cut}");
+        }
+        assert_eq!(both(Outcome::ClientReset, true), (false, true));
+        assert_eq!(both(Outcome::BackendReset, true), (true, false));
+        assert_eq!(both(Outcome::Eof, true), (false, false));
+    }
+
+    #[test]
     fn codes_round_trip() {
         for code in 1..=8 {
             let outcome = Outcome::from_code(code).unwrap();

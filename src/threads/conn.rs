@@ -144,6 +144,11 @@ impl Connection {
     }
 
     fn cut_locked(&self, state: &mut EndState, reason: Outcome) {
+        // Stopped already, or ended cleanly both ways (its worker is about to log it):
+        // nothing left to cut.
+        if state.stopped || state.eof == [true, true] {
+            return;
+        }
         state.reason.get_or_insert(reason);
         state.stopped = true;
         let ends = reason.ends(state.moved);
