@@ -55,9 +55,10 @@ max_buffered = 262144
 -- Timeouts, in seconds (fractions such as 0.5 are fine).
 connect_timeout = 2    -- how long connecting to a backend may take
 idle_timeout = 300     -- close a connection quiet in both directions this long; 0 = never
-client_timeout = 30    -- close a client that sent nothing this long after connecting
-                       -- (so silent clients cannot hold every worker); 0 = never. Only
-                       -- before its first byte: after that, idle_timeout applies.
+client_timeout = 30    -- close a connection on which nothing moved this long after the
+                       -- client connected (so silent clients cannot hold every worker);
+                       -- 0 = never. Only before the first byte either way (a server
+                       -- that speaks first counts): after that, idle_timeout applies.
 backend_retry = 10     -- how long a backend that refused a client's connection is
                        -- skipped (a good health check ends it sooner)
 drain_timeout = 10     -- on Ctrl-C, how long to wait for open connections to finish

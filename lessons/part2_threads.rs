@@ -147,9 +147,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // Blocking `write_all` waits until the kernel takes every byte: a slow reader
         // slows this thread down, and no data is ever lost (the bug of C part 2).
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
-        if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err(e); // New in part 2
-        } // New in part 2
+        // If `to` has gone, what it sent before it went is still readable: the other
+        // thread reads it and delivers it to `from`, so `?` leaves both sockets to it.
+        to.write_all(&buffer[..bytes_read])?; // New in part 2
         copied += bytes_read as u64; // New in part 2
     }; // New in part 2
     match result {

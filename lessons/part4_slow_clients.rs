@@ -237,9 +237,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // growth. An event loop cannot wait here (one thread serves everybody), so it must
         // queue what the socket refused: that is part 7.
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
-        if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err(e);
-        }
+        // If `to` has gone, what it sent before it went is still readable: the other
+        // thread reads it and delivers it to `from`, so `?` leaves both sockets to it.
+        to.write_all(&buffer[..bytes_read])?;
         copied += bytes_read as u64;
     };
     match result {

@@ -281,7 +281,10 @@ fn relay(
         // Part 4's fix: a blocking `write_all` returns only when the kernel has taken every
         // byte, so a slow reader slows this thread down, and no byte is ever dropped.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err((names[1], e)); // New in part 5
+            // `to` has gone, but what it sent before it went is still readable: the other
+            // thread reads it and delivers it to `from`, so leave both sockets to it.
+            let _ = first.set((names[1], e)); // New in part 5
+            return copied; // New in part 5
         }
         copied += bytes_read as u64;
     };

@@ -435,7 +435,10 @@ fn relay(
         };
         // A blocking `write_all`: a slow reader slows this thread, and no byte is lost.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err((names[1], e));
+            // `to` has gone, but what it sent before it went is still readable: the other
+            // thread reads it and delivers it to `from`, so leave both sockets to it.
+            let _ = first.set((names[1], e));
+            return copied;
         }
         copied += bytes_read as u64;
     };

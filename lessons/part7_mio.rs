@@ -249,8 +249,11 @@ impl Connection {
     /// Does all the work the sockets allow right now. Returns whether the connection is
     /// finished: both directions have ended and every byte has been delivered.
     fn pump(&mut self) -> io::Result<bool> {
-        self.relay(CLIENT)?; // New in part 7
-        self.relay(BACKEND)?; // New in part 7
+        let up = self.relay(CLIENT); // New in part 7
+        // Even if writing to the backend failed: what it sent before its reset is still
+        // readable, and must reach the client before the connection is dropped.
+        let down = self.relay(BACKEND); // New in part 7
+        up.and(down)?; // New in part 7
         Ok(self.sides.iter().all(|side| side.write_closed)) // New in part 7
     } // New in part 7
 

@@ -75,8 +75,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Close a connection with no bytes either way for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
-    /// Close a client that has sent nothing for this long after it was accepted; `None` =
-    /// never. After its first byte only `idle_timeout` applies.
+    /// Close a connection on which no byte has moved either way this long after the
+    /// client was accepted; `None` = never. After the first byte either way only
+    /// `idle_timeout` applies.
     pub client_timeout: Option<Duration>,
     /// How long a backend that failed to connect is skipped.
     pub backend_retry: Duration,

@@ -1591,3 +1591,134 @@ fn workers_left_unset_resolve_to_what_the_machine_can_hold() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Ordered ends and rsp's own cuts (issue 17): a peer's reset reaches the other peer only
+// after the bytes it sent before it; a connection rsp cuts once a byte moved ends in a
+// reset both ways; `client_timeout` applies only while no byte has moved either way
+// ---------------------------------------------------------------------------------------
+
+/// The C's long-request scenario, 20 connections in a row per mode: Python's
+/// `http.server` answers `HTTP/1.0 414` before it has read the request, and closes with
+/// the rest unread (its kernel sends a reset); rsp's write to it fails while the answer
+/// still waits, unread, in rsp's socket. The client, refused on a send, must then read
+/// the answer: 20 of 20.
+#[test]
+fn an_early_answer_then_a_reset_reaches_the_client_20_of_20() {
+    let backend = PythonBackend::start();
+    for target in Target::rsp_modes() {
+        let proxy = target.start(backend.port);
+        let mut failures = Vec::new();
+        for run in 1..=20 {
+            match send_long_request(proxy.port) {
+                Ok(answer) if answer.starts_with(b"HTTP/1.0 414 ") => {}
+                Ok(answer) => failures.push(format!("run {run}: read {} B", answer.len())),
+                Err(e) => failures.push(format!("run {run}: {e}")),
+            }
+        }
+        println!(
+            "{target:?}: the 414 read in {} of 20 runs",
+            20 - failures.len()
+        );
+        assert!(
+            failures.is_empty(),
+            "{target:?}: {failures:?}\n{}",
+            proxy.output()
+        );
+        assert_no_panic(&proxy, target);
+    }
+}
+
+/// A server-push stream through rsp with the default `client_timeout` (30 s): the backend
+/// speaks first and sends 1000 B every 100 ms for 40 s, then closes; the client never
+/// sends a byte. Bytes move all along, so the client timeout must not cut it: the client
+/// gets all 400,000 B and a clean EOF. (Both modes run as two tests, at the same time.)
+fn a_server_push_stream_arrives_whole(target: Target) {
+    const CHUNKS: usize = 400;
+    let backend = Backend::start(|mut stream| {
+        for _ in 0..CHUNKS {
+            if stream.write_all(&[b'p'; 1000]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let mut proxy = target.start(backend.port);
+    let mut stream = connect(proxy.port); // 10 s read timeout: the stream never pauses that long
+    let started = Instant::now();
+    let (data, end) = read_until_end(&mut stream);
+    println!(
+        "{target:?}: the client read {} B in {:.1} s, then {end:?}",
+        data.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        end.is_ok() && data.len() == CHUNKS * 1000,
+        "{target:?}: the client read {} B of {} in {:?}, then {end:?}",
+        data.len(),
+        CHUNKS * 1000,
+        started.elapsed()
+    );
+    drop(stream); // the client's own close ends the connection
+    let (up, down, outcome) = summary_of(&mut proxy, 1, target);
+    assert_eq!(
+        (up, down, outcome.as_str()),
+        (0, CHUNKS as u64 * 1000, "eof"),
+        "{target:?}"
+    );
+}
+
+#[test]
+fn a_server_push_stream_outlives_the_client_timeout_threads() {
+    a_server_push_stream_arrives_whole(Target::Rsp);
+}
+
+#[test]
+fn a_server_push_stream_outlives_the_client_timeout_mio() {
+    if Target::rsp_modes().contains(&Target::RspMio) {
+        a_server_push_stream_arrives_whole(Target::RspMio);
+    }
+}
+
+/// The backend sends 1019 B of a response and stalls; `idle_timeout = 1` cuts the
+/// connection. A byte moved, so the cut must not look like the backend's own close: the
+/// client reads the 1019 B and then a reset (not a clean EOF, which would make a body
+/// delimited by the close look complete), and the backend is reset too.
+#[test]
+fn an_idle_cut_after_a_partial_response_is_a_reset() {
+    for target in Target::rsp_modes() {
+        let (tx, rx) = mpsc::channel();
+        let backend = Backend::start(move |mut stream| {
+            if read_request(&mut stream).is_err() {
+                return;
+            }
+            let _ = stream.write_all(&[b'r'; 1019]);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+            let _ = tx.send(read_until_end(&mut stream).1.map_err(|e| e.kind()));
+        });
+        let mut proxy = target.start_with(&[backend.port], "idle_timeout = 1");
+        let mut stream = connect(proxy.port);
+        stream.write_all(GET_ROOT.as_bytes()).unwrap();
+        read_start(&mut stream, 1019, target);
+        let (data, end) = read_until_end(&mut stream);
+        let backend_end = rx.recv_timeout(Duration::from_secs(20));
+        println!(
+            "{target:?}: the client read 1019 + {} B then {end:?}; the backend's read: {backend_end:?}",
+            data.len()
+        );
+        assert!(data.is_empty(), "{target:?}: {} B more", data.len());
+        assert_eq!(
+            end.as_ref().map_err(|e| e.kind()),
+            Err(ErrorKind::ConnectionReset),
+            "{target:?}: the client saw {end:?} after an idle cut mid-response, not a reset"
+        );
+        assert_eq!(
+            backend_end,
+            Ok(Err(ErrorKind::ConnectionReset)),
+            "{target:?}: the backend saw {backend_end:?}, not a reset"
+        );
+        let (_up, _down, outcome) = summary_of(&mut proxy, 1, target);
+        assert_eq!(outcome, "idle timeout", "{target:?}");
+        assert_no_panic(&proxy, target);
+    }
+}

@@ -269,9 +269,10 @@ impl EventLoop {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        match result {
+        // A connection whose both directions ended (a FIN each way, or a peer's reset
+        // once the bytes it sent before are delivered) is closed now.
+        match result.and_then(|more| conn.ended().map_or(Ok(more), Err)) {
             Err(outcome) => self.close(id, outcome),
-            Ok(_) if conn.is_done() => self.close(id, Outcome::Eof),
             Ok(more) => {
                 self.timers.schedule(conn.deadline(&self.settings));
                 if more {

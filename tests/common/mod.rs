@@ -877,3 +877,120 @@ pub fn parse_stamped(line: &str) -> Option<(i64, &str)> {
     let offset = sign * (num(28..30) * 3600 + num(30..32) * 60);
     Some((local - offset, rest))
 }
+
+// ---------------------------------------------------------------------------------------
+// The C's long-request test (issue 17): Python's http.server and a client that sends
+// until it is refused
+// ---------------------------------------------------------------------------------------
+
+/// The C tests' mock backend (`fts/mock_backend.py`) in Python 3: a `BaseHTTPRequestHandler`
+/// on a `ThreadingHTTPServer` answering GET with [`HELLO`]. It prints its port, then serves.
+const PYTHON_BACKEND: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"Hello from the mock server")
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// Python's `http.server` on 127.0.0.1, port 0, as the C tests ran it. Killed when dropped.
+pub struct PythonBackend {
+    pub port: u16,
+    child: Child,
+}
+
+impl PythonBackend {
+    /// Starts it and reads its port (within [`BANNER_TIMEOUT`]).
+    pub fn start() -> PythonBackend {
+        let mut child = Command::new("python3")
+            .args(["-c", PYTHON_BACKEND])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "python3: {e} (the C's mock backend is Python's http.server: install python3)"
+                )
+            });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(BANNER_TIMEOUT).unwrap_or_default();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("python3 http.server: expected its port, got {line:?}")
+        });
+        PythonBackend { port, child }
+    }
+}
+
+impl Drop for PythonBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The client of the C's `test_gives_error_on_long_requests`: sends `GET / HTTP/1.1\r`,
+/// then `A-Header: some values\r` again and again (never a `\n`: one endless request line)
+/// until a send fails, then reads. Python's `http.server` gives up after 64 KiB, answers
+/// `HTTP/1.0 414`, and closes with the rest unread, which makes its kernel send a reset.
+/// Returns what the client read before its EOF or error, or an error if its sends never
+/// failed within 10 s (the proxy kept it waiting) or it sent 64 MiB.
+pub fn send_long_request(port: u16) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut sent = 0usize;
+    let mut chunk: &[u8] = b"GET / HTTP/1.1\r";
+    loop {
+        match stream.write(chunk) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(explain(e, "a send of the long request to be refused"));
+            }
+            Err(_) => break, // Refused: the C's `except: break`.
+        }
+        if sent > 64 << 20 {
+            return Err(io::Error::other("sent 64 MiB and nobody refused it"));
+        }
+        chunk = b"A-Header: some values\r";
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 10_000];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(answer),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(explain(e, "reading the answer to the long request"));
+            }
+            Err(_) => return Ok(answer), // A reset after the answer.
+        }
+    }
+}
