@@ -56,7 +56,7 @@ fn main() {
         process::exit(1);
     }
     // Like the C, a config error is one line on stderr and exit status 1.
-    let config = match load_config(&args[args.len() - 1]) {
+    let config = match load_config(&args[1]) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("{message}");
@@ -228,7 +228,7 @@ fn handle_client_connection(client: TcpStream, backend_addr: &str, backend_port:
     let backend = match TcpStream::connect((backend_addr, backend_port)) {
         Ok(backend) => backend, // New in part 5
         Err(e) => return error!("{peer}: backend {backend_addr}:{backend_port}: {e}"), // New in part 5
-    };
+    }; // New in part 5
     // Only the first error says how the connection ended: the thread that meets it shuts
     // both sockets down, and the other thread's error is then just the echo of that.
     let first_error = FirstError::new(); // New in part 5
@@ -263,10 +263,10 @@ fn handle_client_connection(client: TcpStream, backend_addr: &str, backend_port:
 /// end of file on with a half-close. Returns the bytes copied; an error goes to `first`.
 /// (`read` needs `&mut self`, here a `&mut &TcpStream`: hence `mut` on shared references.)
 fn relay(
-    mut from: &TcpStream,
-    mut to: &TcpStream,
-    names: [&'static str; 2],
-    first: &FirstError,
+    mut from: &TcpStream,     // New in part 5
+    mut to: &TcpStream,       // New in part 5
+    names: [&'static str; 2], // New in part 5
+    first: &FirstError,       // New in part 5
 ) -> u64 {
     let mut buffer = [0u8; BUFFER_SIZE];
     let mut copied = 0;

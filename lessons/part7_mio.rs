@@ -57,7 +57,7 @@ fn main() {
         process::exit(1);
     }
     // Like the C, a config error is one line on stderr and exit status 1.
-    let config = match load_config(&args[args.len() - 1]) {
+    let config = match load_config(&args[1]) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("{message}");
@@ -151,8 +151,8 @@ fn run(config: &Config) -> io::Result<()> {
         for event in events.iter() {
             if event.token() == LISTENER {
                 accept_all(&listener, &poll, backend, &mut connections, &mut next_id); // New in part 7
-                continue; // New in part 7
-            } // New in part 7
+                continue;
+            }
             // Where the C kept a handler pointer in each epoll entry, the token names the
             // connection and the map finds it. A connection closed earlier in this batch
             // may still have an event queued; ids are never reused, so that stale event
@@ -160,7 +160,7 @@ fn run(config: &Config) -> io::Result<()> {
             // `else` block runs, and must leave (`continue`, `return`, `break`).
             let id = event.token().0 / 2; // New in part 7
             let Some(connection) = connections.get_mut(&id) else {
-                continue;
+                continue; // New in part 7
             }; // New in part 7
             // EDGE-TRIGGERED (mio always is): an event says only "something changed", once,
             // so we do all a connection can do now, each step until `WouldBlock`.
@@ -170,10 +170,10 @@ fn run(config: &Config) -> io::Result<()> {
             // Finished, or failed: dropping closes both sockets, and epoll forgets them.
             if pumped.unwrap_or(true) {
                 connections.remove(&id); // New in part 7
-            }
-        } // New in part 7
-    } // New in part 7
-} // New in part 7
+            } // New in part 7
+        }
+    }
+}
 
 /// Accepts every waiting client (edge-triggered: until `WouldBlock`) and connects it to
 /// the backend. A failure costs that one client, never the loop.
@@ -196,7 +196,7 @@ fn accept_all(
         let Ok(mut server) = server else {
             // `client` is dropped here, so closed.
             continue; // New in part 7
-        };
+        }; // New in part 7
         // Both interests, once: edge-triggered, an unused WRITABLE costs one wake-up, not
         // one per loop as the C's level-triggered EPOLLOUT did.
         let (id, both) = (*next_id, Interest::READABLE | Interest::WRITABLE); // New in part 7
@@ -208,12 +208,12 @@ fn accept_all(
         if let Err(e) = registered {
             error!("Could not register: {e}"); // New in part 7
             continue; // New in part 7
-        }
+        } // New in part 7
         let streams = [client, server]; // New in part 7
         let sides = Default::default(); // New in part 7
         connections.insert(id, Connection { streams, sides }); // New in part 7
     }
-} // New in part 7
+}
 
 /// Connects with std's blocking `connect` (it tries each address of the name), then hands
 /// the socket to mio, non-blocking from here on.
@@ -221,7 +221,7 @@ fn connect(backend: (&str, u16)) -> io::Result<TcpStream> {
     let stream = std::net::TcpStream::connect(backend)?; // New in part 7
     stream.set_nonblocking(true)?; // New in part 7
     Ok(TcpStream::from_std(stream)) // New in part 7
-}
+} // New in part 7
 
 /// THE WRITE QUEUE. The state of one socket of a connection, and the bytes waiting to be
 /// written to it.
@@ -236,14 +236,14 @@ struct Side {
     write_closed: bool, // New in part 7
     /// We stopped reading this socket because the other side's queue is over the mark.
     paused: bool, // New in part 7
-} // New in part 7
+}
 
 /// A client and its backend: what the C's two handlers, pointing at each other, held.
 struct Connection {
     /// The two sockets, indexed by `CLIENT` and `BACKEND`, and their states.
     streams: [TcpStream; 2], // New in part 7
     sides: [Side; 2], // New in part 7
-}
+} // New in part 7
 
 impl Connection {
     /// Does all the work the sockets allow right now. Returns whether the connection is
@@ -297,7 +297,7 @@ impl Connection {
                 // E.g. BrokenPipe (no SIGPIPE)
                 Err(e) => return Err(e), // New in part 7
             }; // New in part 7
-        }
+        } // New in part 7
         // Queue, never drop.
         side.queue.extend(&data[written..]); // New in part 7
         Ok(()) // New in part 7
@@ -321,7 +321,7 @@ impl Connection {
         let source = &mut self.sides[1 - to]; // New in part 7
         if queued <= HIGH_WATER / 2 {
             source.paused = false; // New in part 7
-        } // New in part 7
+        }
         // Deferred close: the FIN goes out only after every queued byte. It is a
         // half-close (`shutdown(Write)`): the other direction keeps flowing.
         if queued == 0 && source.read_closed && !fin_sent {
