@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 fn can_pass_on_a_half_close() {
     let backend = Backend::echo();
     let data = random_bytes(1024 * 1024, 5);
-    for target in Target::from_part(6) {
+    for target in Target::from_part(7) {
         let proxy = target.start(backend.port);
         let mut stream = connect(proxy.port);
         // Write on another thread: an echo that nobody reads would fill every buffer.
@@ -76,7 +76,7 @@ fn keeps_memory_small_for_a_client_that_does_not_read() {
             }
         }
     });
-    for target in Target::from_part(6) {
+    for target in Target::from_part(7) {
         let proxy = target.start(backend.port);
         let idle = proxy.rss_kib();
         let mut peak = idle;
