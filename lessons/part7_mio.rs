@@ -4,9 +4,12 @@
 //! (edge-triggered `e197936`, write queues `3aa769e`, queue ordering `ed011e6`), plus what
 //! the C never had: a high-water mark, so a slow client cannot make the proxy hold a whole
 //! response in memory. Four new ideas, each explained where it first appears, in capitals:
-//! THE EVENT LOOP and tokens (`run`), THE WRITE QUEUE (`Side`), THE HIGH-WATER MARK.
+//! THE EVENT LOOP and tokens (`run`), EDGE-TRIGGERED events (`run`, then `accept_all`),
+//! THE WRITE QUEUE (`Side`, `Connection::send`), THE HIGH-WATER MARK (`Connection::relay`).
 //!
-//! Changes since part 5 (the serving half is rewritten; config and logging are kept):
+//! Changes since part 5 (the serving half is rewritten; the config loader and the log
+//! format are kept, but only the banner and errors are logged: part 5's line per
+//! connection is gone, since nothing here counts a connection's bytes):
 //! - one thread with non-blocking sockets and a `mio::Poll` loop, instead of a pool and
 //!   blocking copies; a `Token` per socket and a `HashMap` replace the C's handler pointers;
 //! - what a socket refuses is queued, and queued bytes always go out first;
@@ -221,7 +224,7 @@ fn connect(backend: (&str, u16)) -> io::Result<TcpStream> {
     let stream = std::net::TcpStream::connect(backend)?; // New in part 7
     stream.set_nonblocking(true)?; // New in part 7
     Ok(TcpStream::from_std(stream)) // New in part 7
-} // New in part 7
+}
 
 /// THE WRITE QUEUE. The state of one socket of a connection, and the bytes waiting to be
 /// written to it.
@@ -236,7 +239,7 @@ struct Side {
     write_closed: bool, // New in part 7
     /// We stopped reading this socket because the other side's queue is over the mark.
     paused: bool, // New in part 7
-}
+} // New in part 7
 
 /// A client and its backend: what the C's two handlers, pointing at each other, held.
 struct Connection {
@@ -310,6 +313,8 @@ impl Connection {
         while !side.queue.is_empty() {
             // `as_slices().0` is the queue's first contiguous run of bytes.
             match self.streams[to].write(side.queue.as_slices().0) {
+                // A socket that takes 0 of our bytes would keep this loop spinning: std's
+                // `write_all` calls that an error, `WriteZero`, and so do we.
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()), // New in part 7
                 // Forget what was taken.
                 Ok(n) => drop(side.queue.drain(..n)), // New in part 7
@@ -317,6 +322,8 @@ impl Connection {
                 Err(e) => return Err(e),              // New in part 7
             } // New in part 7
         } // New in part 7
+        // Copy the two values out of `side`: it is a `&mut` into `self.sides`, and once it
+        // is no longer used its borrow ends, so the lines below may borrow `self` again.
         let (queued, fin_sent) = (side.queue.len(), side.write_closed); // New in part 7
         let source = &mut self.sides[1 - to]; // New in part 7
         if queued <= HIGH_WATER / 2 {
