@@ -22,8 +22,9 @@
 //! 6. one log line per connection as it ends, naming its first error, kept in a
 //!    `OnceLock` (`FirstError`, set in `relay`, read in `handle_client_connection`).
 //!
-//! (A line that opens a block carries no marker: rustfmt would move it into the block.
-//! The lines inside carry theirs. README "The lessons" gives the rule.)
+//! (The markers follow `make diff A=4 B=5` exactly, but for one exception: a line that
+//! ends in `{`, `(` or `[`, or starts a method chain, may go unmarked, since rustfmt would
+//! move its comment. README "The lessons" gives the rule; `tests/markers.rs` checks it.)
 //!
 //! Run it (three terminals; or `make run-5`, which starts the demo backend for you):
 //!

@@ -2,7 +2,8 @@
 //!
 //! Each test runs against lesson part 2, every later part, and `rsp` (`Target::from_part(2)`);
 //! one more runs the concurrency test against part 1 and asserts that it FAILS there: the
-//! C project wrote that test first, to motivate part 2. A failure names the target.
+//! C project wrote that test first, to motivate part 2 (it runs only without `BIN=`). A
+//! failure names the target.
 //!
 //! What these tests cannot see: they time four requests, not four thousand, so they say
 //! nothing about how a thread per connection scales (see the benchmarks for that). And a
@@ -17,7 +18,9 @@
 //!   waiting for … to end (the connection to close)" with every byte already arrived.
 //!   The response is complete, but nobody tells the client: the other thread still holds
 //!   its own handle on the client socket (`try_clone`), blocked reading it, so the socket
-//!   stays open until the client gives up.
+//!   stays open until the client gives up. A fourth, `passes_a_late_answer_after_the_clients_half_close`,
+//!   fails the same way with nothing arrived: its backend waits for the client's FIN,
+//!   which never reaches it.
 //! - In `relay`, delete the two `shutdown(Shutdown::Both)` lines (the `Err(_)` arm). One
 //!   test fails, after 10 s: `keeps_serving_after_a_connection_fails`, "Part2: the failed
 //!   connections took 10.2s". When the backend resets, the backend → client thread ends,

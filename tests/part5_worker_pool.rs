@@ -5,7 +5,11 @@
 //! mid-response (`3816909`): the next request must still work, and nothing may leak. The
 //! problem before the fix is asserted too: 200 clients held open at once make part 4 run
 //! a thread or two per client, while part 5's pool of 8 keeps its bound and still serves
-//! all 200. Every earlier part's tests run against part 5 as well (`Target::from_part`).
+//! all 200 (`part4_runs_a_thread_per_client`, which runs only without `BIN=`). Every
+//! earlier part's tests run against part 5 as well (`Target::from_part`).
+//!
+//! With `make test-5 BIN=…` every other test here runs against your proxy: the pool, log
+//! line, Ctrl-C and `workers` tests expect part 5's interface (README "Write your own").
 //!
 //! What these cannot see: a pool too small for its load (clients just wait longer), a
 //! client that holds a worker forever (it holds it; see the first "Try this"), or the log
@@ -24,8 +28,10 @@
 //!   fails after 30 s ("timed out after 30 s waiting for the exit"). Why does nobody ever
 //!   wake up: what is each worker waiting for, and what is `main` waiting for?
 //! - In the Ctrl-C handler, delete the `TcpStream::connect` line. Two tests fail after
-//!   30 s waiting for "Stopped accepting": the flag is set, but who is there to read it?
-//!   (Connect once more with `curl` by hand, and watch the drain begin.)
+//!   30 s: "Part5: timed out after 30 s waiting for port N to close after Ctrl-C". The
+//!   flag is set, but who is there to read it? (Connect once more with `curl` by hand, and
+//!   watch the drain begin. The tests look at the kernel's table of listening sockets
+//!   instead of connecting, so as not to be that wake-up themselves.)
 //! - Make the channel `crossbeam_channel::unbounded()`. Every test still passes, and the
 //!   backend still sees 8 clients at a time. Where do the waiting clients wait now: in the
 //!   kernel's backlog, or accepted, each holding one of the proxy's fds?
