@@ -18,6 +18,8 @@ import sys
 RUNNING = re.compile(r"^\s*Running (?:unittests )?(\S+)")
 RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)")
 BLOCK = re.compile(r"^---- (\S+) stdout ----$")
+# A reason longer than this is cut (the whole message is in the output above the table).
+MAX_REASON = 300
 PANIC = re.compile(r"^thread '.*' (?:\(\d+\) )?panicked at ")
 
 
@@ -108,6 +110,8 @@ def main():
     for key in sorted(order, key=lambda k: (str(k[0]).zfill(3), order.index(k))):
         part, test = key
         status, reason = results[key]
+        if len(reason) > MAX_REASON:
+            reason = reason[:MAX_REASON - 1] + "…"
         print(f"{part!s:<5} {test:<{width}}  {status:<8} {reason}".rstrip())
     counts = {s: sum(1 for r in results.values() if r[0] == s) for s in ("passed", "FAILED", "skipped")}
     print(f"\n{counts['passed']} passed, {counts['FAILED']} failed, {counts['skipped']} skipped")

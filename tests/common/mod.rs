@@ -652,14 +652,21 @@ impl Proxy {
             lines,
             rx,
         };
-        let banner = proxy
-            .wait_for_line("Started.  Listening on port ", BANNER_TIMEOUT)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{binary} {args:?}: no banner within {BANNER_TIMEOUT:?}; output:\n{}",
-                    proxy.output()
-                )
-            });
+        let banner = proxy.wait_for_line("Started.  Listening on port ", BANNER_TIMEOUT);
+        let Some(banner) = banner else {
+            // One line, so that the summary of `make test-N` shows the output too.
+            let output = proxy.output();
+            match proxy.child.try_wait() {
+                Ok(Some(status)) => {
+                    panic!(
+                        "{binary} {args:?} exited ({status}) without a banner; output: {output:?}"
+                    )
+                }
+                _ => panic!(
+                    "{binary} {args:?}: no banner within {BANNER_TIMEOUT:?}; output: {output:?}"
+                ),
+            }
+        };
         proxy.port = parse_banner_port(&banner)
             .unwrap_or_else(|| panic!("cannot read a port in the banner {banner:?}"));
         proxy
