@@ -107,7 +107,7 @@ def main():
     width = max(len(test) for _, test in results)
     print("\nSummary, one line per test:\n")
     print(f"{'part':<5} {'test':<{width}}  {'result':<8} why")
-    for key in sorted(order, key=lambda k: (str(k[0]).zfill(3), order.index(k))):
+    for key in sorted(order, key=lambda k: (str(k[0]).zfill(3), k[1])):
         part, test = key
         status, reason = results[key]
         if len(reason) > MAX_REASON:
