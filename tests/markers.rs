@@ -14,6 +14,9 @@
 //!   inside, and may re-break a chain around a comment on its first line. The lines
 //!   inside, and the chain's later lines, carry theirs;
 //! - a marker alone on a line is what rustfmt leaves after moving one: it is refused.
+//!
+//! After a merge, `RSP_FIX_MARKERS=1 cargo test --test markers` then `cargo fmt` moves the
+//! markers where the rule wants them (see `FIX_VAR`).
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -198,16 +201,47 @@ fn markers_are_exactly_on_the_lines_make_diff_shows_as_new() {
             continue;
         };
         let base_text = std::fs::read_to_string(&base.1).unwrap();
+        let mut text = text;
+        if std::env::var_os(FIX_VAR).is_some() {
+            text = fixed(*n, &base_text, &text);
+            std::fs::write(path, &text).unwrap();
+        }
         let see = format!("(`make diff A={} B={n}` shows the diff)", base.0);
         let found = mismatches(&name, *n, &base_text, &text);
         problems.extend(found.into_iter().map(|p| format!("{p} {see}")));
     }
     assert!(
         problems.is_empty(),
-        "{} marker problems (README \"The lessons\" gives the rule):\n{}",
+        "{} marker problems (README \"The lessons\" gives the rule; `{FIX_VAR}=1 cargo test \
+         --test markers`, then `cargo fmt`, moves the markers where `diff` wants them):\n{}",
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// Set, this variable makes the test move the markers where the rule wants them before it
+/// checks: for a merge, where another branch's edit changed how `diff` pairs up lines
+/// such as `}`. Run `cargo fmt` after it, and read what changed.
+const FIX_VAR: &str = "RSP_FIX_MARKERS";
+
+/// `lesson` (part `n`) with a marker added to every new line that needs one, removed from
+/// every unchanged line, and lone markers deleted.
+fn fixed(n: u8, base: &str, lesson: &str) -> String {
+    let lines = classify(base, lesson);
+    let mut out: Vec<String> = lesson.lines().map(String::from).collect();
+    for (i, line) in lines.iter().enumerate() {
+        let next = lines.get(i + 1).map(|l| l.code);
+        let needed = !is_comment(line.code) && !rustfmt_exception(line.code, next);
+        match line.marker {
+            Some(_) if !line.added => out[line.number - 1] = line.code.to_string(),
+            None if line.added && needed => {
+                out[line.number - 1] = format!("{} {MARKER}{n}", line.code)
+            }
+            _ => {}
+        }
+    }
+    out.retain(|l| !lone_marker(l));
+    out.join("\n") + "\n"
 }
 
 /// The check itself: in every lesson, removing the marker of one new line, or marking

@@ -656,13 +656,14 @@ impl Proxy {
         let Some(banner) = banner else {
             // One line, so that the summary of `make test-N` shows the output too.
             let output = proxy.output();
-            match proxy.child.try_wait() {
-                Ok(Some(status)) => {
+            // Its output ended, or the time is up: if it has exited, it does so at once.
+            match proxy.wait_exit(Duration::from_secs(1)) {
+                Some(status) => {
                     panic!(
                         "{binary} {args:?} exited ({status}) without a banner; output: {output:?}"
                     )
                 }
-                _ => panic!(
+                None => panic!(
                     "{binary} {args:?}: no banner within {BANNER_TIMEOUT:?}; output: {output:?}"
                 ),
             }
