@@ -70,12 +70,14 @@ test: ## run every test (with and without the mio feature), then the lint
 
 # $(1): a part. Without BIN=, runs tests/part$(1)_*.rs against our lessons and rsp. With
 # BIN=, runs tests/part1_*.rs … tests/part$(1)_*.rs against that proxy, started with part
-# $(1)'s command line (RSP_TEST_BIN and RSP_TEST_PART tell the tests).
+# $(1)'s command line (RSP_TEST_BIN and RSP_TEST_PART tell the tests), every file even if
+# an earlier one fails (--no-fail-fast). Either way tests/summary.py passes cargo's output
+# on and ends with one table: each test passed, FAILED or skipped, and why.
+# (--show-output prints what passing tests printed too: a skipped test's reason.)
 define lesson_tests
-	$(if $(OWN_BIN),RSP_TEST_BIN=$(OWN_BIN) RSP_TEST_PART=$(1) $(CARGO) test \
-	    $(foreach t,$(sort $(wildcard tests/part[1-$(1)]_*.rs)),--test $(basename $(notdir $(t)))) \
-	    -- --nocapture --test-threads=1,\
-	  $(CARGO) test --test $(basename $(notdir $(wildcard tests/part$(1)_*.rs))))
+	@$(if $(OWN_BIN),RSP_TEST_BIN=$(OWN_BIN) RSP_TEST_PART=$(1)) $(CARGO) test --no-fail-fast \
+	    $(foreach t,$(sort $(wildcard tests/part$(if $(OWN_BIN),[1-$(1)],$(1))_*.rs)),--test $(basename $(notdir $(t)))) \
+	    -- --show-output $(if $(OWN_BIN),--test-threads=1) 2>&1 | python3 -B tests/summary.py
 endef
 
 test-1: ## run part 1's tests (BIN=path/to/proxy: against your own proxy)

@@ -98,7 +98,7 @@ struct Config {
     /// How many clients are served at once: the size of the pool.
     workers: usize,
     checks: Checks, // New in part 6
-}
+} // New in part 6
 
 /// How the health-check thread probes the backends.
 #[derive(Clone)] // New in part 6
@@ -111,7 +111,7 @@ struct Checks {
     rise: u32, // New in part 6
     /// Failed probes in a row that take an UP backend DOWN.
     fall: u32, // New in part 6
-} // New in part 6
+}
 
 /// Runs the config file and reads its globals. The error is the whole message.
 fn load_config(path: &str) -> Result<Config, String> {
@@ -257,8 +257,8 @@ fn run(config: &Config) -> io::Result<()> {
 fn worker(clients: Receiver<TcpStream>, balancer: &Balancer) {
     for client in clients.iter() {
         handle_client_connection(client, balancer); // New in part 6
-    }
-}
+    } // New in part 6
+} // New in part 6
 
 /// One backend, and what the health checks last concluded about it.
 struct Backend {
@@ -377,8 +377,8 @@ fn probe(addr: SocketAddr, checks: &Checks) -> Result<(), String> {
     match status {
         [b'H', b'T', b'T', b'P', b'/', .., b'2' | b'3', _, _] => Ok(()), // New in part 6
         _ => Err(format!("answered {:?}", String::from_utf8_lossy(&status))), // New in part 6
-    } // New in part 6
-} // New in part 6
+    }
+}
 
 /// The first error of a connection, and which socket it came from.
 type FirstError = OnceLock<(&'static str, io::Error)>;

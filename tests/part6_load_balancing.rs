@@ -523,8 +523,7 @@ fn with_every_backend_down_clients_are_still_tried() {
 #[test]
 fn before_the_fix_part5_and_a_tcp_check_send_clients_to_a_dead_or_500_backend() {
     if skipped_for_own_proxy(
-        "the problem before the fix",
-        "it runs this project's part 5",
+        "part 5 sending clients to a dead or 500 backend, the problem before the fix",
     ) {
         return;
     }

@@ -448,14 +448,37 @@ pub fn own_proxy() -> Option<Target> {
     })
 }
 
-/// When a reader's proxy is under test, says (on one line) that the check `what` is
-/// skipped and why, and returns true. For checks that need this project's own source.
-pub fn skipped_for_own_proxy(what: &str, why: &str) -> bool {
-    if let Some(Target::Bin { path, .. }) = own_proxy() {
-        println!("skipped for {path}: {what}: {why}");
+/// What a test prints, at the start of a line, when it cannot judge the binary under test.
+///
+/// Rust's test harness has no skip decided at run time: a test either passes or fails. So
+/// a test that cannot judge prints one line, `SKIPPED: reason`, and returns. `cargo test`
+/// then says `ok`; `make test-N` (which runs `tests/summary.py` over cargo's output) reads
+/// the line and counts the test as skipped, with that reason, not as passed.
+pub const SKIPPED: &str = "SKIPPED: ";
+
+/// Prints the line that marks the running test as skipped (see [`SKIPPED`]).
+pub fn skip(reason: &str) {
+    println!("{SKIPPED}{reason}");
+}
+
+/// When a reader's proxy is under test, marks the test skipped because it shows `what`
+/// on this project's own binaries (the problem before a fix), and returns true: such a
+/// test runs only without `BIN=`.
+pub fn skipped_for_own_proxy(what: &str) -> bool {
+    if own_proxy().is_some() {
+        skip(&format!(
+            "{what}: it runs this project's own binaries, not the proxy under test, so only \
+             without BIN="
+        ));
         return true;
     }
     false
+}
+
+/// The reader's proxy if one is under test, else `ours`: for tests of one lesson's own
+/// interface (its log lines, its signals, its `workers` key), which `rsp` does not share.
+pub fn own_proxy_or(ours: Vec<Target>) -> Vec<Target> {
+    own_proxy().map_or(ours, |own| vec![own])
 }
 
 impl Target {
@@ -468,9 +491,10 @@ impl Target {
             return match own {
                 Target::Bin { part, .. } if part >= n => vec![own],
                 _ => {
-                    println!(
-                        "skipped: part {n}'s behaviour, which the proxy under test (a later part's) need not have"
-                    );
+                    skip(&format!(
+                        "part {n}'s behaviour, which the proxy under test (started as an \
+                         earlier part) need not have"
+                    ));
                     vec![]
                 }
             };
@@ -491,9 +515,9 @@ impl Target {
         match own_proxy() {
             Some(own @ Target::Bin { part: 6, .. }) => vec![own],
             Some(Target::Bin { part, .. }) => {
-                println!(
-                    "skipped: part 6's load balancing, which a proxy that follows part {part} need not have"
-                );
+                skip(&format!(
+                    "part 6's load balancing, which a proxy that follows part {part} need not have"
+                ));
                 vec![]
             }
             _ => [vec![Target::Part6], Target::rsp_modes()].concat(),
@@ -675,14 +699,22 @@ impl Proxy {
             lines,
             rx,
         };
-        let banner = proxy
-            .wait_for_line("Started.  Listening on port ", BANNER_TIMEOUT)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{binary} {args:?}: no banner within {BANNER_TIMEOUT:?}; output:\n{}",
-                    proxy.output()
-                )
-            });
+        let banner = proxy.wait_for_line("Started.  Listening on port ", BANNER_TIMEOUT);
+        let Some(banner) = banner else {
+            // One line, so that the summary of `make test-N` shows the output too.
+            let output = proxy.output();
+            // Its output ended, or the time is up: if it has exited, it does so at once.
+            match proxy.wait_exit(Duration::from_secs(1)) {
+                Some(status) => {
+                    panic!(
+                        "{binary} {args:?} exited ({status}) without a banner; output: {output:?}"
+                    )
+                }
+                None => panic!(
+                    "{binary} {args:?}: no banner within {BANNER_TIMEOUT:?}; output: {output:?}"
+                ),
+            }
+        };
         proxy.port = parse_banner_port(&banner)
             .unwrap_or_else(|| panic!("cannot read a port in the banner {banner:?}"));
         proxy
@@ -725,9 +757,15 @@ impl Proxy {
         proc_status_field(self.pid(), "Threads:").unwrap_or(0) as usize
     }
 
-    /// The child's resident memory in KiB, from `/proc/PID/status`.
+    /// The resident memory in KiB of the child and every process it started (a proxy
+    /// may fork per connection, as socat does, or serve from worker processes, as nginx
+    /// does), summed from each one's `/proc/PID/status`.
     pub fn rss_kib(&self) -> u64 {
-        proc_status_field(self.pid(), "VmRSS:").unwrap_or(0)
+        let mut tree = descendants(self.pid());
+        tree.push(self.pid());
+        tree.iter()
+            .filter_map(|&pid| proc_status_field(pid, "VmRSS:"))
+            .sum()
     }
 
     /// The child's open file descriptors, from `/proc/PID/fd`.
@@ -774,10 +812,51 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    /// Kills the child, and every process it started: a wrapper script that starts the
+    /// proxy without `exec` would otherwise leave it running, and a forking proxy its
+    /// children.
     fn drop(&mut self) {
+        let others = descendants(self.pid());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !others.is_empty() {
+            let pids: Vec<String> = others.iter().map(u32::to_string).collect();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(&pids)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
+}
+
+/// The processes below `pid` (its children, theirs, and so on), from `/proc/*/stat`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    // (pid, parent) of every process. In `/proc/N/stat` the parent is the second field
+    // after the command name, which is in parentheses and may itself hold spaces.
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|entry| {
+                let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let after_name = &stat[stat.rfind(')')? + 1..];
+                Some((pid, after_name.split_whitespace().nth(1)?.parse().ok()?))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let mut found = vec![];
+    let mut frontier = vec![pid];
+    // Bounded: each round goes one generation down, and a process has one parent.
+    while let Some(parent) = frontier.pop() {
+        for &(child, _) in parents.iter().filter(|(_, p)| *p == parent) {
+            if !found.contains(&child) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// Runs `binary args…` to completion (bounded by `timeout`) and returns its exit code and
