@@ -473,3 +473,125 @@ fn an_endless_call_into_c_is_stopped() {
         "string.find(string.rep(\"a\", 40), string.rep(\"a?\", 40) .. string.rep(\"a\", 40))",
     );
 }
+
+// ---- Issue 18: text only, and one time limit for everything reading a config does ----
+
+/// A config that has `load` turn `bytecode_expr` (a Lua expression) into a function and
+/// calls it; on success it would set `workers = 7`.
+fn loading(bytecode_expr: &str) -> String {
+    format!("{VALID}local chunk = {bytecode_expr}\nassert(load(chunk, 'x', 'b'))()\n")
+}
+
+/// A valid chunk's bytecode from `string.dump`, inside the config.
+const DUMPED: &str = "string.dump(function() workers = 7 end)";
+
+/// Lua does not verify bytecode, so a binary chunk is a way out of the sandbox (and
+/// corrupt ones crashed rsp with SIGSEGV): a config loads text only, whether the
+/// bytecode is valid or corrupt, and whether it comes through `load` or is the file.
+#[test]
+fn bytecode_is_refused_valid_or_corrupt() {
+    let refused = "precompiled Lua (bytecode) is refused";
+    let (code, output) = check(&loading(DUMPED));
+    assert_one_line_error(code, &output, refused);
+    assert!(output.contains(".lua:4: "), "names the line of the load: {output}");
+    // Every byte after the header shifted: corrupt in every instruction and constant.
+    let corrupt = format!(
+        "{DUMPED}:gsub('()(.)', function(i, c) return i > 32 and string.char((c:byte() + 7) \
+         % 256) or c end)"
+    );
+    let (code, output) = check(&loading(&corrupt));
+    assert_one_line_error(code, &output, refused);
+    // `load` with no mode argument (Lua's default "bt"), and with an env table.
+    let no_mode = format!("{VALID}assert(load({DUMPED}))()\n");
+    let (code, output) = check(&no_mode);
+    assert_one_line_error(code, &output, refused);
+    let with_env = format!("{VALID}assert(load({DUMPED}, 'x', 'bt', {{}}))()\n");
+    let (code, output) = check(&with_env);
+    assert_one_line_error(code, &output, refused);
+    // Text still loads, with and without an env (`load(s, n, m, nil)` is not `load(s)`).
+    let text = format!("{VALID}load('workers = 300')()\nload('x = 1', 'x', 't', {{}})()\n");
+    let (code, output) = check(&text);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("\nworkers = 300\n"), "{output}");
+    // The file itself precompiled (as `luac` would write it).
+    let lua = rlua::Lua::new();
+    let compiled = lua.load(VALID).into_function().unwrap().dump(false);
+    let path = std::env::temp_dir().join(format!("rsp-{}-compiled.luac", std::process::id()));
+    std::fs::write(&path, &compiled).unwrap();
+    let (code, output) = run_to_exit(RSP, &["--check", path.to_str().unwrap()], TIMEOUT);
+    let _ = std::fs::remove_file(&path);
+    assert_one_line_error(code, &output, refused);
+}
+
+/// A small fuzz: mutated bytecode (through `load` and as the file), random bytes and long
+/// garbage each give exit 1 and one line, never a signal. Bounded: 48 runs of `--check`.
+#[test]
+fn fuzzed_configs_give_one_line_and_exit_1() {
+    let lua = rlua::Lua::new();
+    let compiled = lua
+        .load("listen = '127.0.0.1:0' backends = { '127.0.0.1:1' } for i = 1, 9 do end")
+        .into_function()
+        .unwrap()
+        .dump(false);
+    let dir = std::env::temp_dir();
+    for seed in 1..=12u64 {
+        let noise = common::random_bytes(64, seed);
+        // Mutated inside the config: a few bytes of a dumped function changed.
+        let mutate = format!(
+            "(function() local b = {{ {DUMPED}:byte(1, -1) }} math.randomseed({seed}) \
+             for _ = 1, {} do local i = math.random(1, #b) b[i] = math.random(0, 255) end \
+             return string.char(table.unpack(b)) end)()",
+            1 + seed % 4
+        );
+        let mut mutated = compiled.clone();
+        for (i, byte) in noise.iter().take(1 + seed as usize % 4).enumerate() {
+            let at = (usize::from(*byte) * 7 + i * 31) % mutated.len();
+            mutated[at] = noise[63 - i];
+        }
+        let long_garbage: Vec<u8> = common::random_bytes(1 << 20, seed)
+            .into_iter()
+            .map(|b| b' ' + b % 95)
+            .collect();
+        let files: [(&str, Vec<u8>); 4] = [
+            ("in-config", loading(&mutate).into_bytes()),
+            ("mutated", mutated),
+            ("random", common::random_bytes(200 + seed as usize * 50, seed)),
+            ("garbage", long_garbage),
+        ];
+        for (kind, bytes) in files {
+            let path = dir.join(format!("rsp-{}-fuzz-{kind}-{seed}.lua", std::process::id()));
+            std::fs::write(&path, &bytes).unwrap();
+            let (code, output) = run_to_exit(RSP, &["--check", path.to_str().unwrap()], TIMEOUT);
+            let _ = std::fs::remove_file(&path);
+            let lines = output.lines().filter(|l| !l.trim().is_empty()).count();
+            assert!(
+                code == Some(1) && lines == 1 && !output.contains("panicked"),
+                "{kind} seed {seed}: exit {code:?} (None = killed by a signal), output:\n{output}"
+            );
+        }
+    }
+}
+
+/// 60,000 globals with 800-character names: the unknown-key suggestions compared each
+/// with every key after the Lua time limit had stopped (84 s and 50 MB of warnings).
+/// Now `--check` is done within the limit plus a second, with a few lines of warnings.
+#[test]
+fn sixty_thousand_long_keys_stop_within_the_time_limit() {
+    let text = format!(
+        "{VALID}local pad = string.rep('x', 795)\nfor i = 1, 60000 do _G[pad .. i] = i end\n"
+    );
+    let path = temp_file("proxy.lua", &text);
+    let bound = CONFIG_TIME_LIMIT + Duration::from_secs(1);
+    let started = Instant::now();
+    // `run_to_exit` kills rsp and fails if it is still running at 3 × the bound.
+    let (code, output) = run_to_exit(RSP, &["--check", path.to_str().unwrap()], bound * 3);
+    let took = started.elapsed();
+    assert!(took <= bound, "took {took:?}, more than {bound:?}");
+    assert_eq!(code, Some(0), "{}", &output[..output.len().min(2000)]);
+    let warnings = output.lines().filter(|l| l.contains("warning:")).count();
+    assert!(
+        warnings <= 11 && output.contains("59,990 more unknown keys"),
+        "{warnings} warning lines; {}",
+        &output[..output.len().min(2000)]
+    );
+}
