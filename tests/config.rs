@@ -493,7 +493,10 @@ fn bytecode_is_refused_valid_or_corrupt() {
     let refused = "precompiled Lua (bytecode) is refused";
     let (code, output) = check(&loading(DUMPED));
     assert_one_line_error(code, &output, refused);
-    assert!(output.contains(".lua:4: "), "names the line of the load: {output}");
+    assert!(
+        output.contains(".lua:4: "),
+        "names the line of the load: {output}"
+    );
     // Every byte after the header shifted: corrupt in every instruction and constant.
     let corrupt = format!(
         "{DUMPED}:gsub('()(.)', function(i, c) return i > 32 and string.char((c:byte() + 7) \
@@ -524,7 +527,9 @@ fn bytecode_is_refused_valid_or_corrupt() {
 }
 
 /// A small fuzz: mutated bytecode (through `load` and as the file), random bytes and long
-/// garbage each give exit 1 and one line, never a signal. Bounded: 48 runs of `--check`.
+/// garbage each give exit 1 and one line, never a signal. Bounded: 72 runs of `--check`.
+/// (Before bytecode was refused, `load` ran the mutated chunks of seeds 17, 27 and 34 and
+/// rsp died of SIGABRT, SIGSEGV and SIGSEGV; several others ran and exited 0.)
 #[test]
 fn fuzzed_configs_give_one_line_and_exit_1() {
     let lua = rlua::Lua::new();
@@ -534,7 +539,7 @@ fn fuzzed_configs_give_one_line_and_exit_1() {
         .unwrap()
         .dump(false);
     let dir = std::env::temp_dir();
-    for seed in 1..=12u64 {
+    for seed in 1..=36u64 {
         let noise = common::random_bytes(64, seed);
         // Mutated inside the config: a few bytes of a dumped function changed.
         let mutate = format!(
@@ -555,10 +560,17 @@ fn fuzzed_configs_give_one_line_and_exit_1() {
         let files: [(&str, Vec<u8>); 4] = [
             ("in-config", loading(&mutate).into_bytes()),
             ("mutated", mutated),
-            ("random", common::random_bytes(200 + seed as usize * 50, seed)),
+            (
+                "random",
+                common::random_bytes(200 + seed as usize * 50, seed),
+            ),
             ("garbage", long_garbage),
         ];
-        for (kind, bytes) in files {
+        // Every kind for the first 12 seeds, then only the cheap in-config one.
+        for (kind, bytes) in files
+            .into_iter()
+            .filter(|(k, _)| seed <= 12 || *k == "in-config")
+        {
             let path = dir.join(format!("rsp-{}-fuzz-{kind}-{seed}.lua", std::process::id()));
             std::fs::write(&path, &bytes).unwrap();
             let (code, output) = run_to_exit(RSP, &["--check", path.to_str().unwrap()], TIMEOUT);

@@ -185,7 +185,9 @@ fn unknown_key_warnings(file: &str, values: &BTreeMap<String, Raw>) -> Vec<Strin
         .collect();
     if unknown.len() > MAX_UNKNOWN_WARNINGS {
         let more = capacity::thousands((unknown.len() - MAX_UNKNOWN_WARNINGS) as u64);
-        warnings.push(format!("{file}: warning: {more} more unknown keys (ignored)"));
+        warnings.push(format!(
+            "{file}: warning: {more} more unknown keys (ignored)"
+        ));
     }
     warnings
 }
@@ -355,8 +357,14 @@ mod tests {
             .collect();
         let warnings = unknown_key_warnings("p.lua", &values);
         assert_eq!(warnings.len(), MAX_UNKNOWN_WARNINGS + 1, "{warnings:?}");
-        assert!(warnings[0].contains(&format!("'{}…'", "k".repeat(40))), "{warnings:?}");
-        assert_eq!(warnings[10], "p.lua: warning: 15 more unknown keys (ignored)");
+        assert!(
+            warnings[0].contains(&format!("'{}…'", "k".repeat(40))),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            warnings[10],
+            "p.lua: warning: 15 more unknown keys (ignored)"
+        );
     }
 
     #[test]
