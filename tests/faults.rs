@@ -1833,3 +1833,85 @@ fn a_thread_that_cannot_start_stops_accepting_until_one_can() {
     assert!(!output.contains("panicked"), "{output}");
     drop(proxy);
 }
+
+/// Three rsp started at the same moment on one port: exactly one runs, the others exit
+/// 1 with "Address already in use", in both modes (mio with 8 loops: an `SO_REUSEPORT`
+/// group). 20 trials per mode; each waits for one banner and two exits.
+/// (Before: in mio mode several could join one group and split the clients.)
+#[test]
+fn of_rsp_started_at_once_on_one_port_exactly_one_runs() {
+    const STARTS: usize = 3;
+    if skipped_for_own_proxy("two rsp on one port", "starts rsp itself") {
+        return;
+    }
+    for target in Target::rsp_modes() {
+        let mode = if target == Target::RspMio {
+            "mio"
+        } else {
+            "threads"
+        };
+        for trial in 0..20 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = temp_file(
+                "proxy.lua",
+                &format!(
+                    "listen = \"127.0.0.1:{port}\"\nbackends = {{ \"127.0.0.1:1\" }}\n\
+                     mode = \"{mode}\"\nloops = 8\n"
+                ),
+            );
+            let outputs: Vec<std::path::PathBuf> = (0..STARTS)
+                .map(|i| config.with_extension(format!("out{i}")))
+                .collect();
+            let mut children: Vec<std::process::Child> = outputs
+                .iter()
+                .map(|out| {
+                    let out = std::fs::File::create(out).unwrap();
+                    std::process::Command::new(target.binary())
+                        .arg(&config)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(out.try_clone().unwrap())
+                        .stderr(out)
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            let read = |i: usize| std::fs::read_to_string(&outputs[i]).unwrap_or_default();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (mut running, mut refused) = (0, 0);
+            while Instant::now() < deadline {
+                let exited: Vec<Option<i32>> = children
+                    .iter_mut()
+                    .map(|c| c.try_wait().unwrap().map(|s| s.code().unwrap_or(-1)))
+                    .collect();
+                running = (0..STARTS)
+                    .filter(|&i| exited[i].is_none() && read(i).contains("Started."))
+                    .count();
+                refused = (0..STARTS)
+                    .filter(|&i| exited[i] == Some(1) && read(i).contains("Address already in use"))
+                    .count();
+                if running + refused == STARTS || exited.iter().all(Option::is_some) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            for child in &mut children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let all: Vec<String> = (0..STARTS).map(read).collect();
+            for out in &outputs {
+                let _ = std::fs::remove_file(out);
+            }
+            assert!(
+                running == 1 && refused == STARTS - 1,
+                "{target:?} trial {trial}: {running} running, {refused} refused; \
+                 outputs:\n{}",
+                all.join("\n---\n")
+            );
+        }
+    }
+}
