@@ -1523,7 +1523,7 @@ fn a_silent_client_is_closed_by_client_timeout_a_talking_one_is_not() {
 
 /// What the machine allows, computed here independently of rsp: (connections, the
 /// limit's name) for the open-files limit (2 fds each), the thread limits (2 threads
-/// each) and memory (20 KiB each).
+/// each) and memory (72 KiB each, after a quarter kept back).
 fn machine_bounds() -> Vec<(u64, &'static str)> {
     let read =
         |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
@@ -1551,7 +1551,7 @@ fn machine_bounds() -> Vec<(u64, &'static str)> {
         .find(|l| l.starts_with("MemAvailable:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
     if let Some(kib) = available {
-        bounds.push((kib / 20, "memory"));
+        bounds.push(((kib - kib / 4) / 72, "memory"));
     }
     bounds
 }
@@ -1609,7 +1609,8 @@ fn fake_cgroup_tree(files: &[(&str, &str)]) -> std::path::PathBuf {
 }
 
 /// The default `workers` from fake cgroup trees (no privileges needed): v1 and v2, the
-/// memory limit (less its use, at 72 KiB per idle connection) and the tasks limit (less
+/// memory limit (less its use and 1/4 kept back, at 72 KiB per idle connection) and the
+/// tasks limit (less
 /// the tasks already running, 2 per connection after 16 spare), a parent's limit that is
 /// tighter than the group's own, and a container that sees its group at the mount's top.
 /// `why` names the limit that decided. (Before: rsp read only fixed root paths, and no
@@ -1620,6 +1621,7 @@ fn the_default_workers_come_from_the_processs_own_cgroup() {
     use rsp::capacity::default_workers_in;
     const MIB: u64 = 1 << 20;
     let per_conn = rsp::capacity::IDLE_CONNECTION_BYTES;
+    let usable = |free: u64| free - free / rsp::capacity::MEMORY_RESERVE;
     let (mib32, mib16) = ((32 * MIB).to_string(), (16 * MIB).to_string());
     let v1 = fake_cgroup_tree(&[
         ("memory/memory.limit_in_bytes", "9223372036854771712"),
@@ -1640,7 +1642,7 @@ fn the_default_workers_come_from_the_processs_own_cgroup() {
     );
     // Without the pids group, memory decides.
     let d = default_workers_in(&Cgroups::new(&v1, "4:memory:/app/svc\n"));
-    assert_eq!(d.workers as u64, 28 * MIB / per_conn, "{d:?}");
+    assert_eq!(d.workers as u64, usable(28 * MIB) / per_conn, "{d:?}");
     assert!(
         d.why
             .starts_with("cgroup memory.limit_in_bytes 32.0 MiB (4.0 MiB in use) at 72 KiB"),
@@ -1654,7 +1656,7 @@ fn the_default_workers_come_from_the_processs_own_cgroup() {
         ("system.slice/rsp.service/memory.current", &MIB.to_string()),
     ]);
     let d = default_workers_in(&Cgroups::new(&v2, "0::/system.slice/rsp.service\n"));
-    assert_eq!(d.workers as u64, 14 * MIB / per_conn, "{d:?}");
+    assert_eq!(d.workers as u64, usable(14 * MIB) / per_conn, "{d:?}");
     assert!(
         d.why
             .starts_with("cgroup memory.max 16.0 MiB (2.0 MiB in use)"),
@@ -1667,7 +1669,7 @@ fn the_default_workers_come_from_the_processs_own_cgroup() {
         ("memory/memory.usage_in_bytes", "0"),
     ]);
     let d = default_workers_in(&Cgroups::new(&docker, "4:memory:/docker/0123abcd\n"));
-    assert_eq!(d.workers as u64, 32 * MIB / per_conn, "{d:?}");
+    assert_eq!(d.workers as u64, usable(32 * MIB) / per_conn, "{d:?}");
     // No cgroup files at all: the machine's other limits, as before.
     let none = fake_cgroup_tree(&[]);
     let d = default_workers_in(&Cgroups::new(&none, "0::/\n"));
