@@ -94,7 +94,7 @@ pub fn default_workers_in(cgroups: &Cgroups) -> DefaultWorkers {
     .map(|(n, name): (u64, String)| (n, format!("{name} {}", thousands(n))))
     .collect();
     if let Some(room) = cgroups.tasks() {
-        threads.push((room.free, in_use("cgroup", room, |n| thousands(n))));
+        threads.push((room.free, in_use("cgroup", room, thousands)));
     }
     if let Some((room, tasks)) = nproc_room() {
         let name = format!(

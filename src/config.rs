@@ -1,8 +1,9 @@
 //! The configuration: `proxy.lua` read once at start into a plain Rust struct.
 //!
-//! All the Lua code of rsp lives in this file: [`load`] runs the config in a fresh Lua
-//! state that has only the `string`, `table` and `math` libraries, copies every global the
-//! file set into plain Rust values, and drops the state (an `rlua::Lua` is not `Send`, a
+//! All the Lua code of rsp lives in this file: [`load`] runs the config, as text only (no
+//! bytecode, which Lua does not verify), in a fresh Lua state that has only the `string`,
+//! `table` and `math` libraries, copies every global the file set into plain Rust
+//! values, and drops the state (an `rlua::Lua` is not `Send`, a
 //! [`Config`] is). Checking those values and filling in defaults is plain Rust, in
 //! `src/config/validate.rs` (numbers, names, unknown keys) and `src/config/address.rs`
 //! (`listen`, `backends` and the blog's part-3 keys). rlua 0.20 is a thin wrapper over
