@@ -607,3 +607,54 @@ fn sixty_thousand_long_keys_stop_within_the_time_limit() {
         &output[..output.len().min(2000)]
     );
 }
+
+/// A name server that never answers: the lookups of the backends' names count against
+/// the config time limit, and the error names the lookup under way. Run as root in a
+/// mount namespace of its own (`unshare -m`) whose `/etc/resolv.conf` points at a UDP
+/// socket of this test that reads and never replies (port 53, as resolv.conf names no
+/// port, on one of loopback's many addresses); skipped where that cannot be made.
+/// (Before: looked up after the limit, one name after the other; here 12 s for the first
+/// name, which then failed; a slow answer for each of six names took 18 s.)
+#[test]
+fn a_name_server_that_never_answers_is_stopped_at_the_time_limit() {
+    let Ok(silent) = std::net::UdpSocket::bind("127.83.18.1:53") else {
+        println!("skipped: cannot bind a silent name server on 127.83.18.1:53 (needs root)");
+        return;
+    };
+    let resolv = temp_file(
+        "resolv.conf",
+        "nameserver 127.83.18.1\noptions timeout:4 attempts:3\n",
+    );
+    let names = ["a", "b", "c"].map(|n| format!("\"{n}.rsp-slow-dns.test:80\""));
+    let config = temp_file(
+        "proxy.lua",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nbackends = {{ {} }}\n",
+            names.join(", ")
+        ),
+    );
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec {RSP} --check {}",
+        resolv.display(),
+        config.display()
+    );
+    let probe = Command::new("unshare").args(["-m", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        println!("skipped: cannot make a mount namespace with unshare -m");
+        return;
+    }
+    let bound = CONFIG_TIME_LIMIT + Duration::from_secs(1);
+    let started = Instant::now();
+    let (code, output) = run_to_exit("unshare", &["-m", "sh", "-c", &script], bound * 3);
+    let took = started.elapsed();
+    drop(silent);
+    assert!(
+        took <= bound,
+        "took {took:?}, more than {bound:?}: {output}"
+    );
+    assert_one_line_error(
+        code,
+        &output,
+        ": backends[1]: resolving \"a.rsp-slow-dns.test:80\" took more than 5 seconds",
+    );
+}
