@@ -24,6 +24,10 @@
 //! to 4 times before it sleeps: 10 `sched_yield`s and −2 % to +5 % CPU per new connection
 //! against the `Mutex` + `Condvar` pool it replaced (README, "Dependencies, and why").
 
+mod growth;
+
+pub use growth::{Growth, wait_for_threads};
+
 use crate::outcome::panic_message;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use std::io;
@@ -124,80 +128,8 @@ impl<T: Send + 'static> Pool<T> {
 
     /// A handle on whether this pool can start threads, for the accept loop.
     pub fn growth(&self) -> Growth {
-        Growth(Arc::clone(&self.shared) as Arc<dyn Grow>)
+        Growth::of(Arc::clone(&self.shared))
     }
-}
-
-/// Whether a pool can take one more job now, and a way to try starting a thread; shared
-/// with the accept loop, which must not accept clients no thread can serve. Cloning is
-/// cheap.
-#[derive(Clone)]
-pub struct Growth(Arc<dyn Grow>);
-
-/// [`Growth`] for any pool, whatever its job type.
-trait Grow: Send + Sync {
-    /// Why the last thread start failed, if it did and none has started since.
-    fn start_error(&self) -> Option<String>;
-    /// Whether a job queued now would find a thread: one is idle for it (or the pool is
-    /// at its maximum, which is the accept loop's other wait, not this one).
-    fn ready(&self) -> bool;
-    /// Starts one more thread now.
-    fn try_start(self: Arc<Self>) -> io::Result<()>;
-}
-
-impl<T: Send + 'static> Grow for Shared<T> {
-    fn start_error(&self) -> Option<String> {
-        self.start_error.lock().ok()?.clone()
-    }
-
-    fn ready(&self) -> bool {
-        self.idle.load(SeqCst) > self.jobs.len() || self.threads.load(SeqCst) >= self.max_threads
-    }
-
-    fn try_start(self: Arc<Self>) -> io::Result<()> {
-        spawn(&self)
-    }
-}
-
-impl Growth {
-    /// A client accepted now would wait for a thread that cannot start: a start failed
-    /// (and none has succeeded since) and no thread is idle.
-    fn blocked(&self) -> bool {
-        self.0.start_error().is_some() && !self.0.ready()
-    }
-}
-
-/// Called by the accept loop before it accepts: while a pool in `pools` cannot take a
-/// client (a thread start failed and no thread is idle), waits, trying to start a thread
-/// every `pause`, so new clients wait in the listen backlog rather than accepted and
-/// unserved. Logs one warning when that begins (`*starved` becomes true) and one line
-/// once a thread could start again. Returns `false` if `stopping()` became true meanwhile.
-pub fn wait_for_threads(
-    pools: &[Growth],
-    pause: Duration,
-    stopping: impl Fn() -> bool,
-    starved: &mut bool,
-) -> bool {
-    while let Some(pool) = pools.iter().find(|p| p.blocked()) {
-        if !*starved {
-            *starved = true;
-            let why = pool.0.start_error().unwrap_or_default();
-            log::warn!(
-                "Cannot start a thread ({why}): not accepting new clients until one can be \
-                 started; they wait in the listen backlog."
-            );
-        }
-        if stopping() {
-            return false;
-        }
-        thread::sleep(pause);
-        let _ = Arc::clone(&pool.0).try_start();
-    }
-    if *starved && pools.iter().all(|p| p.0.start_error().is_none()) {
-        *starved = false;
-        log::info!("Threads can be started again; accepting new clients.");
-    }
-    true
 }
 
 /// Starts one more thread, counted as idle until it takes a job; does nothing if the
