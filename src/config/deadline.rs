@@ -7,9 +7,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rlua::Error as LuaError;
-
-use super::{ConfigError, Loaded, TIMEOUT_MESSAGE, one_line, run_lua, validate};
+// rlua's error type as `src/config.rs` imports it: rsp names rlua in one line only.
+use super::{ConfigError, Loaded, LuaError, TIMEOUT_MESSAGE, one_line, run_lua, validate};
 
 /// A config runs in well under a second; past this it is stuck in a loop, or a name
 /// server does not answer. The one limit covers every step of reading a config.
