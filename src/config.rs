@@ -26,7 +26,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rlua::{
-    ChunkMode, Error as LuaError, HookTriggers, Lua, LuaOptions, Result as LuaResult, StdLib, Value,
+    ChunkMode, Error as LuaError, Function, HookTriggers, Lua, LuaOptions, Result as LuaResult,
+    StdLib, Value,
 };
 
 use validate::Raw;
@@ -278,8 +279,7 @@ fn run_lua(source: &[u8], file: &str, deadline: Instant) -> LuaResult<BTreeMap<S
     for name in REMOVED_FUNCTIONS {
         lua.globals().set(name, Value::Nil)?;
     }
-    let text_only_load: rlua::Function =
-        lua.load(TEXT_ONLY_LOAD).set_mode(ChunkMode::Text).eval()?;
+    let text_only_load: Function = lua.load(TEXT_ONLY_LOAD).set_mode(ChunkMode::Text).eval()?;
     lua.globals().set("load", text_only_load)?;
     // Lua's own globals (print, string, _G, …) are not config keys: remember them.
     let builtins: HashSet<String> = global_names(&lua)?.into_iter().collect();
