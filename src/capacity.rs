@@ -33,7 +33,7 @@ pub const IDLE_CONNECTION_BYTES: u64 = 72 * 1024;
 /// everything that is not an idle connection (the pools' spare threads, the first bytes'
 /// copy buffers, the log). In a 32 MiB cgroup, a bound with nothing kept back let rsp
 /// take 440 idle connections (31.8 MiB charged) and then be OOM-killed as they turned
-/// over; with a quarter kept back it held 311 (24.8 MiB, at most 26.0) through the
+/// over; with a quarter kept back it held 335 (24.5 MiB, at most 25.7) through the
 /// turnover, and the 8 MiB left would hold the buffers of 64 busy connections.
 pub const MEMORY_RESERVE: u64 = 4;
 
