@@ -1,8 +1,9 @@
 -- proxy.lua: rsp's configuration. Run `rsp` (or `rsp proxy.lua`) to use it, and
 -- `rsp --check proxy.lua` to see how rsp reads it, with the defaults filled in.
 --
--- This is a Lua file, run once at start with only Lua's string, table and math
--- libraries (no os, no io). Only `listen` and `backends` are required; every other
+-- This is a Lua file, run once at start as text (no precompiled bytecode, not even
+-- through `load`) with only Lua's string, table and math libraries (no os, no io),
+-- 64 MiB and 5 seconds for everything reading it takes. Only `listen` and `backends` are required; every other
 -- line below shows its default (`workers` is measured from the machine, so it is left
 -- commented out). The blog's part-3 keys (listenPort, backendAddress,
 -- backendPort) also work, but not mixed with listen/backends.
@@ -38,11 +39,13 @@ mode = "threads"
 -- loops = 2
 
 -- Threads mode: how many connections are served at once; more clients wait their turn
--- in the listen backlog (the log says so). Left unset, it is what this machine can hold:
--- the smallest of the open-files limit at 2 fds per connection, the thread limits
--- (threads-max, pid_max, ulimit -u) at 2 threads per connection, and available memory
--- at ~20 KiB per idle connection. `rsp --check` shows the number and which limit it came
--- from. Set it only to cap rsp lower; below 256, --check warns.
+-- in the listen backlog (the log says so). Left unset, it is what this process can hold:
+-- the smallest of the open-files limit at 2 fds per connection; the thread limits
+-- (threads-max, pid_max, and what the cgroup's pids.max and ulimit -u leave after the
+-- tasks already running) at 2 threads per connection; and the memory left (MemAvailable,
+-- or the cgroup's memory limit less its use, as in a container) at 72 KiB per idle
+-- connection. `rsp --check` shows the number and which limit it came from. Set it only
+-- to cap rsp lower; below 256, --check warns.
 -- workers = 9989    -- e.g. with `ulimit -n` 20000: "default: open-files limit 20,000"
 
 -- Bytes read at a time when copying between client and backend.

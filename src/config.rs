@@ -1,8 +1,9 @@
 //! The configuration: `proxy.lua` read once at start into a plain Rust struct.
 //!
-//! All the Lua code of rsp lives in this file: [`load`] runs the config in a fresh Lua
-//! state that has only the `string`, `table` and `math` libraries, copies every global the
-//! file set into plain Rust values, and drops the state (an `rlua::Lua` is not `Send`, a
+//! All the Lua code of rsp lives in this file: [`load`] runs the config, as text only (no
+//! bytecode, which Lua does not verify), in a fresh Lua state that has only the `string`,
+//! `table` and `math` libraries, copies every global the file set into plain Rust
+//! values, and drops the state (an `rlua::Lua` is not `Send`, a
 //! [`Config`] is). Checking those values and filling in defaults is plain Rust, in
 //! `src/config/validate.rs` (numbers, names, unknown keys) and `src/config/address.rs`
 //! (`listen`, `backends` and the blog's part-3 keys). rlua 0.20 is a thin wrapper over
@@ -13,16 +14,22 @@
 
 mod address;
 mod balance;
+mod deadline;
 mod validate;
+
+pub(crate) use deadline::note_step;
+use deadline::read_with_deadline;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use rlua::{Error as LuaError, HookTriggers, Lua, LuaOptions, Result as LuaResult, StdLib, Value};
+use rlua::{
+    ChunkMode, Error as LuaError, Function, HookTriggers, Lua, LuaOptions, Result as LuaResult,
+    StdLib, Value,
+};
 
 use validate::Raw;
 
@@ -256,53 +263,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Runs and checks config `source`; `file` names it in messages (normally its path).
 ///
-/// Nothing in the file can make this take much longer than `TIME_LIMIT`: see
-/// `run_lua_with_deadline`.
+/// Nothing in the file can make this take much longer than 5 seconds, whatever step is
+/// slow: see `read_with_deadline` in `src/config/deadline.rs`.
 pub fn parse(source: &[u8], file: &str) -> Result<Loaded, ConfigError> {
-    let globals =
-        run_lua_with_deadline(source, file).map_err(|e| ConfigError::Lua(one_line(&e, file)))?;
-    validate::build(file, &globals)
-}
-
-/// A config runs in well under a second; past this it is stuck in a loop.
-const TIME_LIMIT: Duration = Duration::from_secs(5);
-
-/// [`run_lua`] on a thread of its own, given [`TIME_LIMIT`] for everything: running the
-/// chunk, reading the globals and dropping the Lua state. If the time is up, the error
-/// comes back at once and the thread is left behind, stuck; the caller (`rsp` and
-/// `rsp --check`) then exits, which ends it.
-///
-/// The instruction hook in [`run_lua`] stops a plain endless loop with a Lua error, but
-/// three things escape it, so this watchdog is the guarantee and the hook only the polite
-/// first try: `pcall` catches the hook's error like any other and loops on; a `__gc`
-/// finalizer runs when the state is dropped, after the hook is gone; and one long call
-/// into C (`string.find` backtracking on a nasty pattern) never returns to Lua, where
-/// hooks run. Lua cannot be stopped from outside safely, so the thread is abandoned
-/// rather than killed. The Lua state is created on that thread: `rlua::Lua` is not
-/// `Send`, the plain values it returns are.
-fn run_lua_with_deadline(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
-    let (done, result) = std::sync::mpsc::channel();
-    let (source, name) = (source.to_vec(), file.to_string());
-    let reader = std::thread::Builder::new()
-        .name("config".into())
-        .spawn(move || {
-            // `run_lua` has dropped its Lua state (finalizers and all) before this send.
-            let _ = done.send(run_lua(&source, &name));
-        })
-        .map_err(LuaError::external)?;
-    match result.recv_timeout(TIME_LIMIT) {
-        // The thread has nothing left to do but end; waiting for it means rsp's thread
-        // count is final by the time it prints its banner.
-        Ok(globals) => {
-            let _ = reader.join();
-            globals
-        }
-        Err(RecvTimeoutError::Timeout) => Err(LuaError::runtime(TIMEOUT_MESSAGE)),
-        // The thread ended without sending: it panicked (a bug in rsp or rlua).
-        Err(RecvTimeoutError::Disconnected) => Err(LuaError::runtime(
-            "rsp failed while reading the config (a bug; please report it)",
-        )),
-    }
+    read_with_deadline(source, file)
 }
 
 /// Far more memory than any config needs, so a runaway config fails instead of swapping.
@@ -310,8 +274,20 @@ const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 /// Base-library functions that read files; a config gets none (the C's had no libraries).
 const REMOVED_FUNCTIONS: [&str; 3] = ["dofile", "loadfile", "require"];
 
-/// Runs the file and returns every global it set, as plain Rust values.
-fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
+/// `load` for a config: Lua's own, but text only. Lua does not verify bytecode, so a
+/// crafted binary chunk can crash the process or escape the sandbox; mode `"t"` makes
+/// `load` refuse one ("attempt to load a binary chunk"). An `env` argument is passed on
+/// only if given: `load(s, name, mode, nil)` and `load(s, name, mode)` differ in Lua.
+const TEXT_ONLY_LOAD: &str = r#"
+local load, select = load, select
+return function(chunk, name, _, ...)
+  if select('#', ...) > 0 then return load(chunk, name, "t", (...)) end
+  return load(chunk, name, "t")
+end"#;
+
+/// Runs the file and returns every global it set, as plain Rust values. The hook stops
+/// Lua code at `deadline`.
+fn run_lua(source: &[u8], file: &str, deadline: Instant) -> LuaResult<BTreeMap<String, Raw>> {
     let lua = Lua::new_with(
         StdLib::STRING | StdLib::TABLE | StdLib::MATH,
         LuaOptions::default(),
@@ -320,17 +296,22 @@ fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
     for name in REMOVED_FUNCTIONS {
         lua.globals().set(name, Value::Nil)?;
     }
+    let text_only_load: Function = lua.load(TEXT_ONLY_LOAD).set_mode(ChunkMode::Text).eval()?;
+    lua.globals().set("load", text_only_load)?;
     // Lua's own globals (print, string, _G, …) are not config keys: remember them.
     let builtins: HashSet<String> = global_names(&lua)?.into_iter().collect();
-    let started = Instant::now();
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(100_000),
-        move |_, _| match started.elapsed() > TIME_LIMIT {
+        move |_, _| match Instant::now() > deadline {
             true => Err(LuaError::runtime(TIMEOUT_MESSAGE)),
             false => Ok(()),
         },
     );
-    lua.load(source).set_name(format!("@{file}")).exec()?;
+    // Text only, like `load`: a precompiled file is refused, not run unverified.
+    lua.load(source)
+        .set_name(format!("@{file}"))
+        .set_mode(ChunkMode::Text)
+        .exec()?;
     // The hook stays on while the globals are read: a metatable's `__index` can run Lua.
     let mut values = BTreeMap::new();
     for pair in lua.globals().pairs::<Value, Value>() {
@@ -410,6 +391,17 @@ fn one_line(error: &LuaError, file: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     let text = text.join(" ");
+    if let Some(start) = text.find("attempt to load a binary chunk") {
+        // From the file itself there is no line; from `assert(load(…))`, there may be.
+        let place = match &text[..start] {
+            "" => format!("{file}: "),
+            place => place.to_string(),
+        };
+        return format!(
+            "{place}precompiled Lua (bytecode) is refused: a config, and anything it \
+             loads, must be Lua source text"
+        );
+    }
     if let Some(text) = missing_library(&text) {
         return text;
     }

@@ -30,7 +30,10 @@ impl Checker<'_> {
     fn listen(&mut self) -> Result<SocketAddr, ConfigError> {
         match self.values.get("listen") {
             None => Err(self.error("listen", "missing; add e.g. listen = \"127.0.0.1:8000\"")),
-            Some(Raw::Str(text)) => resolve(text).map_err(|e| self.error("listen", e)),
+            Some(Raw::Str(text)) => {
+                note_resolving("listen", text);
+                resolve(text).map_err(|e| self.error("listen", e))
+            }
             Some(other) => Err(self.error(
                 "listen",
                 format!("expected a \"host:port\" string, got {other}"),
@@ -58,6 +61,7 @@ impl Checker<'_> {
         for (i, item) in items.iter().enumerate() {
             let key = format!("backends[{}]", i + 1);
             let (name, weight) = self.weighted(&key, item)?;
+            note_resolving(&key, name);
             let mut backend = backend(name).map_err(|e| self.error(&key, e))?;
             backend.weight = weight;
             backends.push(backend);
@@ -77,8 +81,9 @@ impl Checker<'_> {
         } else {
             host
         };
-        let backend =
-            backend(&format!("{host}:{backend_port}")).map_err(|e| self.error("backendPort", e))?;
+        let name = format!("{host}:{backend_port}");
+        note_resolving("backendAddress", &name);
+        let backend = backend(&name).map_err(|e| self.error("backendPort", e))?;
         Ok((listen, vec![backend]))
     }
 
@@ -94,6 +99,12 @@ impl Checker<'_> {
             )),
         }
     }
+}
+
+/// Notes the lookup about to start, so that a name server that does not answer is named
+/// in the time-limit error: `proxy.lua: backends[2]: resolving "db:5432" took more than…`.
+fn note_resolving(key: &str, text: &str) {
+    super::note_step(key, || format!("resolving \"{text}\""));
 }
 
 /// A backend from its `"host:port"` text; port 0 cannot be connected to.

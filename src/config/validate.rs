@@ -140,12 +140,7 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
     if config.mode != Mode::Threads {
         warnings.clear(); // `workers` is a threads-mode setting.
     }
-    warnings.extend(
-        values
-            .iter()
-            .filter(|(key, value)| !is_known(key) && **value != Raw::Other("function"))
-            .map(|(key, _)| unknown_key_warning(file, key)),
-    );
+    warnings.extend(unknown_key_warnings(file, values));
     Ok(Loaded {
         config,
         warnings,
@@ -176,16 +171,56 @@ fn is_known(key: &str) -> bool {
     KEYS.contains(&key) || PART3_KEYS.contains(&key)
 }
 
+/// The most unknown keys warned about one by one; the rest are counted in one line, so a
+/// config that sets 60,000 globals gets a few lines, not 50 MB of them.
+const MAX_UNKNOWN_WARNINGS: usize = 10;
+
+/// The longest key name shown in a warning; longer ones are cut with `…`.
+const SHOWN_KEY_CHARS: usize = 40;
+
+/// One warning per unknown global (functions are helpers, not keys), at most
+/// `MAX_UNKNOWN_WARNINGS` of them and then a count of the rest.
+fn unknown_key_warnings(file: &str, values: &BTreeMap<String, Raw>) -> Vec<String> {
+    let unknown: Vec<&String> = values
+        .iter()
+        .filter(|(key, value)| !is_known(key) && **value != Raw::Other("function"))
+        .map(|(key, _)| key)
+        .collect();
+    let mut warnings: Vec<String> = unknown
+        .iter()
+        .take(MAX_UNKNOWN_WARNINGS)
+        .map(|key| unknown_key_warning(file, key))
+        .collect();
+    if unknown.len() > MAX_UNKNOWN_WARNINGS {
+        let more = capacity::thousands((unknown.len() - MAX_UNKNOWN_WARNINGS) as u64);
+        warnings.push(format!(
+            "{file}: warning: {more} more unknown keys (ignored)"
+        ));
+    }
+    warnings
+}
+
 /// `proxy.lua: warning: unknown key 'worker' (did you mean 'workers'?)`
 fn unknown_key_warning(file: &str, key: &str) -> String {
+    let shown: String = match key.chars().count() > SHOWN_KEY_CHARS {
+        true => key.chars().take(SHOWN_KEY_CHARS).chain(['…']).collect(),
+        false => key.to_string(),
+    };
     match suggest(key) {
-        Some(known) => format!("{file}: warning: unknown key '{key}' (did you mean '{known}'?)"),
-        None => format!("{file}: warning: unknown key '{key}' (ignored)"),
+        Some(known) => format!("{file}: warning: unknown key '{shown}' (did you mean '{known}'?)"),
+        None => format!("{file}: warning: unknown key '{shown}' (ignored)"),
     }
 }
 
 /// The known key closest to `key`, if it is close enough to be a likely typo.
 fn suggest(key: &str) -> Option<&'static str> {
+    // At most 3 edits, and an edit changes the length by at most 1: a name more than 3
+    // longer than every known key cannot match, and is not compared (an 800-character
+    // name would cost 800 × 15 steps per known key).
+    let longest = KEYS.iter().chain(PART3_KEYS.iter()).map(|k| k.len()).max();
+    if key.chars().count() > longest.unwrap_or(0) + 3 {
+        return None;
+    }
     let key = key.to_lowercase();
     let allowed = (key.chars().count() / 3).clamp(1, 3);
     KEYS.iter()
@@ -320,6 +355,24 @@ mod tests {
         assert_eq!(suggest("mod"), Some("mode"));
         assert_eq!(suggest("banana"), None);
         assert_eq!(suggest("x"), None);
+        assert_eq!(suggest(&"w".repeat(800)), None);
+    }
+
+    #[test]
+    fn many_unknown_keys_give_a_few_lines() {
+        let values: BTreeMap<String, Raw> = (0..25)
+            .map(|i| (format!("{}{i}", "k".repeat(100)), Raw::Number(1.0)))
+            .collect();
+        let warnings = unknown_key_warnings("p.lua", &values);
+        assert_eq!(warnings.len(), MAX_UNKNOWN_WARNINGS + 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&format!("'{}…'", "k".repeat(40))),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            warnings[10],
+            "p.lua: warning: 15 more unknown keys (ignored)"
+        );
     }
 
     #[test]

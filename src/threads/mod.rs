@@ -35,7 +35,7 @@ use crate::listen::{
 use crate::outcome::Outcome;
 use crate::shutdown::{self, Shutdown};
 use crossbeam_channel::{SendTimeoutError, TrySendError};
-use pool::Pool;
+use pool::{Growth, Pool, wait_for_threads};
 use registry::Registry;
 use relay::RelaySettings;
 use worker::{Accepted, Context, CopyJob};
@@ -53,6 +53,7 @@ pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
 
     let workers = config.workers.max(1);
     let copiers: Pool<CopyJob> = Pool::start("copy", workers, workers, |job: CopyJob| job())?;
+    let copy_growth = copiers.growth();
     let relay = RelaySettings {
         buffer_size: config.buffer_size,
         idle_timeout: config.idle_timeout,
@@ -79,29 +80,41 @@ pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
     let limit = connection_limit();
     announce(local.port());
 
-    let pending = accept_loop(&listener, &pool, &registry, &shutdown, limit);
+    let growth = [pool.growth(), copy_growth];
+    let pending = accept_loop(&listener, &pool, &growth, &registry, &shutdown, limit);
     drop(listener); // from here on, new connections are refused
     drain(&registry, pending, &pool, config.drain_timeout);
     Ok(())
 }
 
 /// Accepts clients until a shutdown begins, never more than `limit` open at once (see
-/// [`connection_limit`]). Returns a client that was accepted but not yet queued when the
-/// shutdown began (the drain still serves it).
+/// [`connection_limit`]), nor while a pool in `growth` cannot start a thread for the next
+/// one. Returns a client that was accepted but not yet queued when the shutdown began
+/// (the drain still serves it).
 fn accept_loop(
     listener: &TcpListener,
     pool: &Pool<Accepted>,
+    growth: &[Growth],
     registry: &Arc<Registry>,
     shutdown: &Shutdown,
     limit: Option<usize>,
 ) -> Option<Accepted> {
     let mut saturated = false;
     let mut at_limit = false;
+    let mut starved = false;
     let mut last_logged: Option<Instant> = None;
     loop {
         if let Some(max) = limit
             && !wait_for_room(registry, max, shutdown, &mut at_limit)
         {
+            return None;
+        }
+        if !wait_for_threads(
+            growth,
+            ACCEPT_PAUSE,
+            || shutdown.is_stopping(),
+            &mut starved,
+        ) {
             return None;
         }
         let accepted = listener.accept();
