@@ -51,7 +51,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::thread;
-use std::time::Duration;
 
 use mio::{Poll, Waker};
 
@@ -85,16 +84,13 @@ pub fn run(config: Config) -> io::Result<()> {
         wakers,
         drain: DrainLog::new(n),
         drain_timeout: config.drain_timeout,
-        reset_loops: AtomicUsize::new(0),
+        ended: crossbeam_channel::bounded(n),
     });
     let shutdown = Shutdown::new();
-    // A second Ctrl-C: every loop resets its connections, and the last one to do so ends
-    // the process (see `EventLoop::run`); the handler waits for that, but not forever.
+    // A second Ctrl-C: every loop resets its connections and reports (see
+    // `EventLoop::run`); the handler waits for every loop, but not past its deadline.
     let exiting = Arc::clone(&shared);
-    shutdown.on_second_signal(move || {
-        exiting.wake_all();
-        thread::sleep(Duration::from_secs(1));
-    });
+    shutdown.on_second_signal(move |deadline| exiting.cut_everywhere(deadline));
     let waking = Arc::clone(&shared);
     shutdown.install_handler(move || waking.wake_all())?;
     let mut loops = Vec::with_capacity(n);
@@ -127,6 +123,9 @@ pub fn run(config: Config) -> io::Result<()> {
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("an event loop thread panicked")));
         result = result.and(done);
+    }
+    if shutdown.is_exiting() {
+        crate::shutdown::wait_for_exit(); // the signal handler logs the end and exits
     }
     shared.drain.finish();
     result

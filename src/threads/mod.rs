@@ -1,7 +1,8 @@
 //! Threads mode, the card's design: a blocking accept loop hands each client to a worker
 //! pool; each worker connects to a backend and runs the two copy directions, one on a
 //! copy thread, so a blocked `write_all` in one direction never holds up the other.
-//! On Ctrl-C: close the listener, drain, and return.
+//! On Ctrl-C: serve the clients already in the listen backlog, close the listener,
+//! drain, and return.
 //!
 //! The accept loop does nothing else, so a slow backend or a slow client never delays
 //! the next `accept()`. Per-connection problems are logged where they happen and never
@@ -21,7 +22,7 @@ pub mod registry;
 pub mod relay;
 pub mod worker;
 
-use std::io;
+use std::io::{self, ErrorKind};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::thread;
@@ -31,9 +32,10 @@ use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::listen::{
     ACCEPT_PAUSE, accept_error_pauses, announce, connection_limit, listen, log_connection_limit,
+    stop_queueing,
 };
-use crate::outcome::Outcome;
-use crate::shutdown::{self, Shutdown};
+use crate::outcome::{Outcome, Summary};
+use crate::shutdown::{self, ListenerWake, Shutdown};
 use crossbeam_channel::{SendTimeoutError, TrySendError};
 use pool::Pool;
 use registry::Registry;
@@ -48,8 +50,9 @@ pub fn run(config: Config) -> io::Result<()> {
     let listener = listen(config.listen)?;
     let local = listener.local_addr()?;
     let shutdown = Shutdown::new();
-    let wake_addr = shutdown::wake_address(local);
-    shutdown.install_handler(move || shutdown::wake_listener(wake_addr))?;
+    let wake = ListenerWake::new(local);
+    let waking = Arc::clone(&wake);
+    shutdown.install_handler(move || waking.wake())?;
 
     let workers = config.workers.max(1);
     let copiers: Pool<CopyJob> = Pool::start("copy", workers, workers, |job: CopyJob| job())?;
@@ -68,10 +71,13 @@ pub fn run(config: Config) -> io::Result<()> {
         worker::serve(&ctx, job)
     })?;
     let registry = Registry::new();
-    // A second Ctrl-C resets every connection before the process exits (see `shutdown`).
+    // A second Ctrl-C resets every connection before the process exits (see `shutdown`),
+    // and gives their threads until `deadline` to log their summaries.
     let open = Arc::clone(&registry);
-    shutdown.on_second_signal(move || {
-        open.cut_all(Outcome::Shutdown);
+    shutdown.on_second_signal(move |deadline| {
+        let cut = open.cut_all(Outcome::Shutdown);
+        open.wait_empty(deadline.saturating_duration_since(Instant::now()));
+        cut
     });
     if let Some(tick) = relay.tick() {
         registry.start_idle_check(relay.idle_timeout, relay.client_timeout, tick)?;
@@ -79,9 +85,16 @@ pub fn run(config: Config) -> io::Result<()> {
     let limit = connection_limit();
     announce(local.port());
 
-    let pending = accept_loop(&listener, &pool, &registry, &shutdown, limit);
-    drop(listener); // from here on, new connections are refused
-    drain(&registry, pending, &pool, config.drain_timeout);
+    let pending = accept_loop(&listener, &pool, &registry, &shutdown, limit, &wake);
+    let deadline = Instant::now() + config.drain_timeout;
+    let backlog = Backlog {
+        listener,
+        wake: &wake,
+        limit,
+    };
+    backlog.serve(pending, &registry, &pool, deadline);
+    // From here on, new connections are refused.
+    drain(&registry, deadline, &shutdown);
     Ok(())
 }
 
@@ -94,6 +107,7 @@ fn accept_loop(
     registry: &Arc<Registry>,
     shutdown: &Shutdown,
     limit: Option<usize>,
+    wake: &ListenerWake,
 ) -> Option<Accepted> {
     let mut saturated = false;
     let mut at_limit = false;
@@ -106,7 +120,9 @@ fn accept_loop(
         }
         let accepted = listener.accept();
         if shutdown.is_stopping() {
-            return None; // the handler's wake-up connection, or a client just too late
+            // The handler's wake-up connection, or a client queued before it: served.
+            let client = accepted.ok().filter(|(_, addr)| !wake.is_wake(*addr));
+            return client.map(|(client, addr)| accept(registry, client, addr));
         }
         let (client, addr) = match accepted {
             Ok(pair) => pair,
@@ -115,15 +131,24 @@ fn accept_loop(
                 continue;
             }
         };
-        let job = Accepted {
-            client,
-            addr,
-            ticket: registry.admit(),
-            accepted_at: Instant::now(),
-        };
+        let job = accept(registry, client, addr);
         if let Err(job) = hand_off(pool, job, &mut saturated, shutdown) {
             return job;
         }
+    }
+}
+
+/// A client just accepted: admitted to the registry, on its way to a worker.
+fn accept(
+    registry: &Arc<Registry>,
+    client: std::net::TcpStream,
+    addr: std::net::SocketAddr,
+) -> Accepted {
+    Accepted {
+        client,
+        addr,
+        ticket: registry.admit(),
+        accepted_at: Instant::now(),
     }
 }
 
@@ -203,22 +228,93 @@ fn hand_off(
     }
 }
 
-/// Waits up to `timeout` for open connections to finish, then cuts the rest.
-fn drain(registry: &Registry, pending: Option<Accepted>, pool: &Pool<Accepted>, timeout: Duration) {
-    let open = registry.len();
-    shutdown::log_drain_start(open, timeout);
-    let deadline = Instant::now() + timeout;
-    if let Some(job) = pending {
-        // Accepted before the signal: it still deserves service if a worker frees up.
-        let _ = pool.submit_timeout(job, timeout);
+/// The listener at Ctrl-C, with the clients the kernel has already connected waiting in
+/// its backlog. They connected before the signal, so the drain serves them too; closing
+/// the listener at once would reset them unserved.
+struct Backlog<'a> {
+    listener: TcpListener,
+    /// To tell the signal handler's wake-up connection from a client.
+    wake: &'a ListenerWake,
+    /// The connection limit (see [`connection_limit`]).
+    limit: Option<usize>,
+}
+
+impl Backlog<'_> {
+    /// Hands `pending` and every client queued in the backlog to the workers, as they
+    /// have room (and under the connection limit), until the backlog is empty or the
+    /// drain's `deadline`; then closes the listener (dropping `self`). Meanwhile no new
+    /// client joins the queue ([`stop_queueing`]).
+    fn serve(
+        self,
+        mut pending: Option<Accepted>,
+        registry: &Arc<Registry>,
+        pool: &Pool<Accepted>,
+        deadline: Instant,
+    ) {
+        let nonblocking = self.listener.set_nonblocking(true);
+        if nonblocking
+            .and_then(|()| stop_queueing(&self.listener))
+            .is_err()
+        {
+            return; // cannot tell when the backlog is empty: close it now, as before
+        }
+        let mut last_logged = None;
+        loop {
+            let left = || deadline.saturating_duration_since(Instant::now());
+            if let Some(job) = pending.take()
+                && let Err(e) = pool.submit_timeout(job, left())
+            {
+                return unserved(e.into_inner());
+            }
+            if let Some(max) = self.limit
+                && !registry.wait_below(max, left())
+            {
+                return;
+            }
+            match self.listener.accept() {
+                Ok((_, addr)) if self.wake.is_wake(addr) => {}
+                Ok((client, addr)) => pending = Some(accept(registry, client, addr)),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if accept_error_pauses(&e, &mut last_logged) => return,
+                Err(_) => {} // a client that gave up while queued: the next one
+            }
+        }
     }
+}
+
+/// A client accepted at Ctrl-C that no worker could take before the drain's deadline: it
+/// is closed (nothing moved on it) and logged as cut by the shutdown.
+fn unserved(job: Accepted) {
+    Summary {
+        id: job.ticket.id(),
+        client: job.addr,
+        backend: "-".into(),
+        up: 0,
+        down: 0,
+        duration: job.accepted_at.elapsed(),
+        outcome: Outcome::Shutdown,
+    }
+    .log();
+}
+
+/// Waits until `deadline` for open connections to finish, then cuts the rest. A second
+/// signal meanwhile ends the process from the signal handler instead.
+fn drain(registry: &Registry, deadline: Instant, shutdown: &Shutdown) {
+    let open = registry.len();
+    shutdown::log_drain_start(open, deadline.saturating_duration_since(Instant::now()));
     let left = deadline.saturating_duration_since(Instant::now());
     if registry.wait_empty(left) {
+        if shutdown.is_exiting() {
+            shutdown::wait_for_exit(); // emptied by the second signal's cut
+        }
         shutdown::log_drain_end(open, 0);
         return;
     }
     let cut = registry.cut_all(Outcome::Shutdown);
     // Cut sockets wake their threads at once; give them a moment to log their summaries.
     registry.wait_empty(Duration::from_secs(1));
+    if shutdown.is_exiting() {
+        shutdown::wait_for_exit();
+    }
     shutdown::log_drain_end(open, cut);
 }
