@@ -28,9 +28,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use simplelog::{Config, ConfigBuilder, WriteLogger};
 
-/// Lines held for the writer at most; more are dropped (and counted). About 1.5 MB of
-/// summary lines: enough for any burst a reader that keeps up lets through.
-pub const QUEUE_LINES: usize = 10_000;
+/// Lines held for the writer at most; more are dropped (and counted). About 0.5 MB of
+/// summary lines: a burst of thousands of connections ending at once, while the writer
+/// waits for its turn on a busy CPU, still fits.
+pub const QUEUE_LINES: usize = 4096;
 
 /// Which stream a line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
