@@ -33,9 +33,14 @@
 //! Ctrl-C wakes every loop. Each one accepts the clients already queued in its
 //! listener's backlog (with `SO_REUSEPORT` each socket has its own backlog, and closing a
 //! listener resets what is queued in it; those clients connected before the signal, so
-//! they are served like the others), closes its listener and drains its connections. The
-//! drain is logged once for the process ([`DrainLog`]): its start when the last listener
-//! has closed, its end when every loop is done.
+//! they are served like the others), closes its listener and drains its connections. At
+//! the connection limit a loop keeps its listener open (its backlog set to 0, so nobody
+//! new joins the queue) and accepts the rest as connections close, until the queue is
+//! empty or the drain time is over. The drain is logged once for the process
+//! ([`DrainLog`]): its start when the last listener has closed, its end when every loop is
+//! done. A second Ctrl-C: every loop resets its connections and reports how many to the
+//! signal handler (a loop already done reported when it ended), which logs the total and
+//! ends the process.
 
 mod connect;
 mod connection;
