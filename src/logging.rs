@@ -98,9 +98,10 @@ pub fn flush(timeout: Duration) -> bool {
     let Some(queue) = QUEUE.get() else {
         return false;
     };
+    let deadline = std::time::Instant::now() + timeout;
     let (done, written) = crossbeam_channel::bounded(1);
-    queue.send_timeout(Message::Flush(done), timeout).is_ok()
-        && written.recv_timeout(timeout).is_ok()
+    queue.send_deadline(Message::Flush(done), deadline).is_ok()
+        && written.recv_deadline(deadline).is_ok()
 }
 
 /// A `simplelog` [`WriteLogger`] that formats into a [`LineSink`] for `stream`.

@@ -29,8 +29,12 @@ pub const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
 pub const SECOND_SIGNAL_LIMIT: Duration = Duration::from_secs(1);
 
 /// Of [`SECOND_SIGNAL_LIMIT`], the time the mode gets to reset its connections (and let
-/// their summary lines be logged); the rest is for writing out the log.
-const SECOND_SIGNAL_CUT: Duration = Duration::from_millis(700);
+/// their summary lines be logged)...
+const SECOND_SIGNAL_CUT: Duration = Duration::from_millis(600);
+
+/// ... then until this time the log gets to be written out; the rest is for the exit
+/// itself (the kernel closing thousands of sockets and threads takes a while).
+const SECOND_SIGNAL_FLUSH: Duration = Duration::from_millis(800);
 
 /// What the second signal runs before the process exits (see [`Shutdown::on_second_signal`]).
 type ExitHook = Box<dyn Fn(Instant) -> usize + Send>;
@@ -119,8 +123,9 @@ impl Shutdown {
             .as_ref()
             .map_or(0, |hook| hook(start + SECOND_SIGNAL_CUT));
         log::warn!("Second signal: {cut} connection(s) cut (reset); exiting.");
-        let left = (start + SECOND_SIGNAL_LIMIT).saturating_duration_since(Instant::now());
-        crate::logging::flush(left.saturating_sub(Duration::from_millis(50)));
+        crate::logging::flush(
+            (start + SECOND_SIGNAL_FLUSH).saturating_duration_since(Instant::now()),
+        );
         std::process::exit(SECOND_SIGNAL_EXIT_CODE);
     }
 }

@@ -131,7 +131,11 @@ impl EventLoop {
             self.run_again(now);
             if shutdown.is_exiting() {
                 // The second Ctrl-C: a reset each way, then report to the signal handler,
-                // which ends the process.
+                // which ends the process. Every socket is armed to reset first (a quick
+                // pass), in case the handler's deadline ends the process mid-way.
+                for conn in self.conns.values() {
+                    conn.reset_on_exit();
+                }
                 let cut = self.conns.len();
                 self.cut_all();
                 self.shared.loop_ended(cut);
