@@ -105,7 +105,9 @@ impl Shutdown {
             if this.signals.fetch_add(1, Ordering::SeqCst) == 0 {
                 this.begin();
                 wake();
-                log::info!("Signal received: stopping. A second Ctrl-C exits at once.");
+                log::info!(
+                    "Signal received: stopping. A second Ctrl-C resets every connection and exits."
+                );
             } else {
                 this.exit_now();
             }
