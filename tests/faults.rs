@@ -1931,9 +1931,13 @@ fn a_second_ctrl_c_with_stdout_blocked_still_resets_and_exits_130() {
         let backend = Backend::echo();
         let mut rsp = BlockedStdout::start(target, backend.port, "drain_timeout = 60");
         let port = rsp.port;
-        for stream in &mut open_echoed(port, 1000) {
+        for (i, stream) in open_echoed(port, 1000).iter_mut().enumerate() {
             stream.shutdown(std::net::Shutdown::Write).unwrap();
-            let _ = read_until_end(stream);
+            let (_, end) = read_until_end(stream);
+            assert!(
+                end.is_ok(),
+                "{target:?}: connection {i} did not end: {end:?}"
+            );
         }
         let mut clients = open_echoed(port, 1000);
         let signal = |pid: u32| {
