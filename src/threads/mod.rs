@@ -15,14 +15,16 @@
 //! | one connection's shared state: sockets, clocks, counters | [`conn`] |
 //! | the copy loop for one direction, half-close, idle check | [`relay`] |
 //! | what Ctrl-C waits for and cuts | [`registry`] |
+//! | the clients in the listen backlog at Ctrl-C | [`backlog`] |
 
+pub mod backlog;
 pub mod conn;
 pub mod pool;
 pub mod registry;
 pub mod relay;
 pub mod worker;
 
-use std::io::{self, ErrorKind};
+use std::io;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::thread;
@@ -32,10 +34,10 @@ use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::listen::{
     ACCEPT_PAUSE, accept_error_pauses, announce, connection_limit, listen, log_connection_limit,
-    stop_queueing,
 };
-use crate::outcome::{Outcome, Summary};
+use crate::outcome::Outcome;
 use crate::shutdown::{self, ListenerWake, Shutdown};
+use backlog::Backlog;
 use crossbeam_channel::{SendTimeoutError, TrySendError};
 use pool::Pool;
 use registry::Registry;
@@ -226,75 +228,6 @@ fn hand_off(
             Err(SendTimeoutError::Disconnected(_)) => return Err(None),
         }
     }
-}
-
-/// The listener at Ctrl-C, with the clients the kernel has already connected waiting in
-/// its backlog. They connected before the signal, so the drain serves them too; closing
-/// the listener at once would reset them unserved.
-struct Backlog<'a> {
-    listener: TcpListener,
-    /// To tell the signal handler's wake-up connection from a client.
-    wake: &'a ListenerWake,
-    /// The connection limit (see [`connection_limit`]).
-    limit: Option<usize>,
-}
-
-impl Backlog<'_> {
-    /// Hands `pending` and every client queued in the backlog to the workers, as they
-    /// have room (and under the connection limit), until the backlog is empty or the
-    /// drain's `deadline`; then closes the listener (dropping `self`). Meanwhile no new
-    /// client joins the queue ([`stop_queueing`]).
-    fn serve(
-        self,
-        mut pending: Option<Accepted>,
-        registry: &Arc<Registry>,
-        pool: &Pool<Accepted>,
-        deadline: Instant,
-    ) {
-        let nonblocking = self.listener.set_nonblocking(true);
-        if nonblocking
-            .and_then(|()| stop_queueing(&self.listener))
-            .is_err()
-        {
-            return; // cannot tell when the backlog is empty: close it now, as before
-        }
-        let mut last_logged = None;
-        loop {
-            let left = || deadline.saturating_duration_since(Instant::now());
-            if let Some(job) = pending.take()
-                && let Err(e) = pool.submit_timeout(job, left())
-            {
-                return unserved(e.into_inner());
-            }
-            if let Some(max) = self.limit
-                && !registry.wait_below(max, left())
-            {
-                return;
-            }
-            match self.listener.accept() {
-                Ok((_, addr)) if self.wake.is_wake(addr) => {}
-                Ok((client, addr)) => pending = Some(accept(registry, client, addr)),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if accept_error_pauses(&e, &mut last_logged) => return,
-                Err(_) => {} // a client that gave up while queued: the next one
-            }
-        }
-    }
-}
-
-/// A client accepted at Ctrl-C that no worker could take before the drain's deadline: it
-/// is closed (nothing moved on it) and logged as cut by the shutdown.
-fn unserved(job: Accepted) {
-    Summary {
-        id: job.ticket.id(),
-        client: job.addr,
-        backend: "-".into(),
-        up: 0,
-        down: 0,
-        duration: job.accepted_at.elapsed(),
-        outcome: Outcome::Shutdown,
-    }
-    .log();
 }
 
 /// Waits until `deadline` for open connections to finish, then cuts the rest. A second
