@@ -18,7 +18,7 @@ use cgroup::{Cgroups, Room};
 const SPARE_FDS: u64 = 16;
 
 /// Threads the `workers` bound leaves for everything else: the accept loop, the pools'
-/// spawners, the idle check, the Ctrl-C handler, the main thread.
+/// spawners, the idle check, the Ctrl-C handler, the log writer, the main thread.
 const SPARE_THREADS: u64 = 16;
 
 /// Memory one idle connection costs in threads mode, as a cgroup charges it: the touched

@@ -11,7 +11,7 @@
 //! | concept | module |
 //! |---|---|
 //! | reading `proxy.lua` (all the Lua code) | [`config`] |
-//! | timestamped log lines | [`logging`] |
+//! | timestamped log lines, written by one thread through a bounded queue | [`logging`] |
 //! | picking the mode from the config | [`server`] |
 //! | the listening socket, banner, connection limit, accept errors | [`listen`] |
 //! | what the machine can hold: the open-files limit, the default `workers` | [`capacity`] |

@@ -94,6 +94,15 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Ctrl-C: stops the kernel from queueing new clients on `listener` while the drain
+/// accepts the ones already queued (they connected before the signal and are served).
+/// It sets the listen backlog to 0: Linux then completes no new connect while a client
+/// is queued; the new client's SYN is dropped and retried, and once the listener closes
+/// it is refused. (With the queue empty one more may slip in; the drain serves it.)
+pub fn stop_queueing(listener: &impl std::os::fd::AsFd) -> io::Result<()> {
+    socket2::SockRef::from(listener).listen(0)
+}
+
 /// `cannot listen on 127.0.0.1:80: Permission denied (os error 13)`, same kind as `e`.
 fn cannot_listen(addr: SocketAddr, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
@@ -146,6 +155,18 @@ pub fn accept_error_pauses(e: &io::Error, last_logged: &mut Option<Instant>) -> 
 mod tests {
     use super::*;
     use std::net::TcpStream;
+
+    #[test]
+    fn stop_queueing_keeps_the_queued_and_lets_no_new_client_in() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued = TcpStream::connect(addr).unwrap();
+        stop_queueing(&listener).unwrap();
+        let late = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert!(late.is_err(), "a new client was queued after stop_queueing");
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer, queued.local_addr().unwrap());
+    }
 
     #[test]
     fn accepted_sockets_keep_urgent_data_inline() {

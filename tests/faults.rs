@@ -2048,3 +2048,459 @@ fn of_rsp_started_at_once_on_one_port_exactly_one_runs() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A blocked log, the second Ctrl-C, the listen backlog at Ctrl-C (issue 17)
+// ---------------------------------------------------------------------------------------
+
+/// Requests made while rsp's stdout is blocked: more summary lines than the pipe (64 KiB,
+/// about 570 lines) and rsp's log queue (4096 lines) hold together, so lines are dropped.
+const BLOCKED_LOG_REQUESTS: usize = 6000;
+
+/// rsp started with its stdout on a pipe that the test stops reading after the banner (a
+/// stuck `| tee`, a full journald pipe, a terminal paused with Ctrl-S); stderr is read.
+struct BlockedStdout {
+    child: std::process::Child,
+    port: u16,
+    /// The unread stdout, until [`BlockedStdout::unblock`] reads it.
+    stdout: Option<io::BufReader<std::process::ChildStdout>>,
+    /// Lines read from stdout after the banner, once unblocked.
+    out: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Lines read from stderr.
+    err: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl BlockedStdout {
+    fn start(target: Target, backend: u16, extra: &str) -> BlockedStdout {
+        use io::BufRead;
+        let config = rsp_config(&[backend], &format!("{}\n{extra}", mode_line(target)));
+        let mut child = std::process::Command::new(target.binary())
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn rsp");
+        let err = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = io::BufReader::new(child.stderr.take().unwrap());
+        let lines = Arc::clone(&err);
+        thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut stdout = io::BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        // Bounded: the banner comes, or rsp exits (EOF) and the parse below fails.
+        while stdout.read_line(&mut banner).unwrap_or(0) > 0 && !banner.contains("Started.") {
+            banner.clear();
+        }
+        let port = banner
+            .split("port ")
+            .nth(1)
+            .and_then(|p| p.trim().trim_end_matches('.').parse().ok())
+            .unwrap_or_else(|| panic!("{target:?}: no banner, stdout: {banner:?}"));
+        BlockedStdout {
+            child,
+            port,
+            stdout: Some(stdout),
+            out: Arc::default(),
+            err,
+        }
+    }
+
+    /// Starts reading stdout: the pipe drains.
+    fn unblock(&mut self) {
+        use io::BufRead;
+        let stdout = self.stdout.take().expect("unblocked twice");
+        let lines = Arc::clone(&self.out);
+        thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    /// Waits up to `timeout` until `check(stdout lines, stderr lines)` holds.
+    fn eventually(&self, timeout: Duration, check: impl Fn(&[String], &[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = check(&self.out.lock().unwrap(), &self.err.lock().unwrap());
+            if ok || Instant::now() >= deadline {
+                return ok;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output(&self) -> String {
+        let (out, err) = (self.out.lock().unwrap(), self.err.lock().unwrap());
+        format!("stdout:\n{}\nstderr:\n{}", out.join("\n"), err.join("\n"))
+    }
+}
+
+impl Drop for BlockedStdout {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sum of N over the "N log lines dropped" lines.
+fn dropped_lines(err: &[String]) -> usize {
+    err.iter()
+        .filter_map(|l| {
+            l.split(" log lines dropped")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
+/// rsp's stdout is a pipe nobody reads. Service goes on: 6000 requests are answered
+/// (before issue 17, mio mode stopped serving everyone after about 580 summary lines and
+/// threads mode left a worker blocked per connection). Ctrl-C still works: with stdout
+/// still blocked, the port is soon refused while a request in flight goes on. Once stdout
+/// is read again, the log says how many lines it dropped, and those plus the summaries
+/// that were written are all 6000; the held request is answered, the drain ends, exit 0.
+#[test]
+fn a_stdout_nobody_reads_stops_neither_service_nor_ctrl_c() {
+    for target in Target::rsp_modes() {
+        let release = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
+        let (releasing, holding) = (Arc::clone(&release), Arc::clone(&held));
+        let backend = Backend::start(move |mut stream| {
+            let Ok(path) = read_request(&mut stream) else {
+                return;
+            };
+            if path == "/hold" {
+                holding.fetch_add(1, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !releasing.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let _ = write_http_response(&mut stream, HELLO.as_bytes());
+        });
+        let mut rsp = BlockedStdout::start(target, backend.port, "drain_timeout = 60");
+        let port = rsp.port;
+        let failed = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::clone(&failed);
+        let started = Instant::now();
+        concurrently(BLOCKED_LOG_REQUESTS, 8, move |_| {
+            // After a failure, the rest are skipped: a stopped proxy costs 10 s per request.
+            if failures.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            if !http_get(port, "/").is_ok_and(|r| body(&r) == HELLO.as_bytes()) {
+                failures.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        println!(
+            "{target:?}: {BLOCKED_LOG_REQUESTS} requests with stdout blocked in {:.1} s, {} failed",
+            started.elapsed().as_secs_f64(),
+            failed.load(Ordering::SeqCst)
+        );
+        assert_eq!(
+            failed.load(Ordering::SeqCst),
+            0,
+            "{target:?}: {}",
+            rsp.output()
+        );
+
+        // A request in flight, then Ctrl-C with stdout still blocked.
+        let mut in_flight = connect(port);
+        in_flight
+            .write_all(b"GET /hold HTTP/1.0\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while held.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            held.load(Ordering::SeqCst),
+            1,
+            "{target:?}: the held request never arrived"
+        );
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &rsp.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let refused = rsp.eventually(Duration::from_secs(10), |_, _| {
+            TcpStream::connect(local(port)).is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+        });
+        assert!(
+            refused,
+            "{target:?}: with stdout blocked, the port was not closed 10 s after Ctrl-C"
+        );
+
+        // stdout is read again: the log reports what it dropped, and it adds up.
+        rsp.unblock();
+        let reported = rsp.eventually(Duration::from_secs(20), |out, err| {
+            let summaries = out.iter().filter(|l| l.contains(", eof")).count();
+            summaries + dropped_lines(err) >= BLOCKED_LOG_REQUESTS
+        });
+        let (summaries, dropped) = {
+            let out = rsp.out.lock().unwrap();
+            (
+                out.iter().filter(|l| l.contains(", eof")).count(),
+                dropped_lines(&rsp.err.lock().unwrap()),
+            )
+        };
+        println!("{target:?}: {summaries} summary lines written, {dropped} log lines dropped");
+        assert!(
+            reported && dropped > 0,
+            "{target:?}: {summaries} summaries written and {dropped} dropped, of {BLOCKED_LOG_REQUESTS}"
+        );
+        assert!(
+            summaries <= BLOCKED_LOG_REQUESTS,
+            "{target:?}: {summaries} summaries"
+        );
+
+        // The held request is answered; the drain ends; exit 0.
+        release.store(true, Ordering::SeqCst);
+        let answer = read_all(&mut in_flight, "the held request").unwrap();
+        assert_eq!(body(&answer), HELLO.as_bytes(), "{target:?}");
+        drop(in_flight); // the client's end: the connection is done
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            match rsp.child.try_wait().unwrap() {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => break None,
+                None => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{target:?}: {}",
+            rsp.output()
+        );
+        let drained = rsp.eventually(Duration::from_secs(5), |out, _| {
+            out.iter().any(|l| l.contains("connection(s) drained"))
+        });
+        assert!(drained, "{target:?}: no drain line:\n{}", rsp.output());
+    }
+}
+
+/// `n` clients through rsp at `port` to an echo backend, each with a byte moved each way.
+fn open_echoed(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut stream = connect(port);
+            stream.write_all(b"x").unwrap();
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).unwrap();
+            stream
+        })
+        .collect()
+}
+
+/// How each client's connection ended, counted: "clean EOF", or the error kind.
+fn ends_of(clients: &mut [TcpStream]) -> std::collections::HashMap<String, usize> {
+    let mut ends = std::collections::HashMap::new();
+    for stream in clients {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let end = match read_until_end(stream).1 {
+            Ok(()) => "clean EOF".to_string(),
+            Err(e) => format!("{:?}", e.kind()),
+        };
+        *ends.entry(end).or_default() += 1;
+    }
+    ends
+}
+
+/// After a second Ctrl-C at `second`: rsp exited 130 in under 1.5 s (`status`), and all
+/// `clients` read a reset.
+fn assert_exit_130_and_resets(
+    target: Target,
+    status: Option<std::process::ExitStatus>,
+    second: Instant,
+    clients: &mut [TcpStream],
+    output: impl Fn() -> String,
+) {
+    let took = second.elapsed();
+    println!("{target:?}: exited {status:?} {took:?} after the second Ctrl-C");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(130),
+        "{target:?}: {}",
+        output()
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "{target:?}: exited after {took:?}"
+    );
+    let ends = ends_of(clients);
+    println!("{target:?}: the clients saw {ends:?}");
+    assert_eq!(
+        ends.get("ConnectionReset"),
+        Some(&clients.len()),
+        "{target:?}: {ends:?}"
+    );
+}
+
+/// 1000 open connections (a byte moved each way on each), Ctrl-C, then a second Ctrl-C:
+/// rsp exits 130 in under 1.5 s, every client reads a reset (never a clean EOF: the cut
+/// must not look like the end), and the log says how many connections the signal cut.
+/// Before issue 17, threads mode could exit 0 and log "All 1000 connection(s) drained",
+/// and no line said how many were cut.
+#[test]
+fn a_second_ctrl_c_resets_1000_connections_and_exits_130_at_once() {
+    for target in Target::rsp_modes() {
+        let backend = Backend::echo();
+        let mut proxy = target.start_with(&[backend.port], "drain_timeout = 60");
+        let mut clients = open_echoed(proxy.port, 1000);
+        proxy.signal("INT");
+        let draining = proxy.wait_for_line("Shutting down", Duration::from_secs(10));
+        assert!(
+            draining.is_some(),
+            "{target:?}: no drain:\n{}",
+            proxy.output()
+        );
+        let second = Instant::now();
+        proxy.signal("INT");
+        let status = proxy.wait_exit(Duration::from_secs(10));
+        assert_exit_130_and_resets(target, status, second, &mut clients, || proxy.output());
+        let line = proxy.wait_for_line("Second signal:", Duration::from_secs(5));
+        assert!(
+            line.as_deref()
+                .is_some_and(|l| l.contains(" 1000 connection(s) cut")),
+            "{target:?}: {line:?}"
+        );
+    }
+}
+
+/// The same with rsp's stdout on a pipe nobody reads (filled first by 1000 short
+/// connections' summary lines): Ctrl-C still closes the port, and a second Ctrl-C still
+/// resets all 1000 open connections and exits 130 in under 1.5 s. Before issue 17 the
+/// signal handler blocked writing its log line and both signals were ignored (and mio mode
+/// gave 819 of 1500 clients a clean FIN, blocked writing summaries before resetting them).
+#[test]
+fn a_second_ctrl_c_with_stdout_blocked_still_resets_and_exits_130() {
+    for target in Target::rsp_modes() {
+        let backend = Backend::echo();
+        let mut rsp = BlockedStdout::start(target, backend.port, "drain_timeout = 60");
+        let port = rsp.port;
+        for (i, stream) in open_echoed(port, 1000).iter_mut().enumerate() {
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let (_, end) = read_until_end(stream);
+            assert!(
+                end.is_ok(),
+                "{target:?}: connection {i} did not end: {end:?}"
+            );
+        }
+        let mut clients = open_echoed(port, 1000);
+        let signal = |pid: u32| {
+            let kill = std::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+            assert!(kill.is_ok_and(|s| s.success()), "kill -INT {pid}");
+        };
+        signal(rsp.child.id());
+        let refused = rsp.eventually(Duration::from_secs(10), |_, _| {
+            TcpStream::connect(local(port)).is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+        });
+        assert!(
+            refused,
+            "{target:?}: the port was not closed 10 s after Ctrl-C"
+        );
+        let second = Instant::now();
+        signal(rsp.child.id());
+        let deadline = second + Duration::from_secs(10);
+        let status = loop {
+            match rsp.child.try_wait().unwrap() {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => break None,
+                None => thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        assert_exit_130_and_resets(target, status, second, &mut clients, || rsp.output());
+    }
+}
+
+/// Ctrl-C while clients wait in rsp's queue and listen backlog (the kernel has connected
+/// them): each is served (its line echoed back, then a clean EOF) during the drain, and
+/// rsp exits 0. `wait_for` is the log line that says clients are waiting.
+fn backlog_at_ctrl_c_is_served(target: Target, mut proxy: Proxy, wait_for: &str) {
+    let line = |i: usize| format!("client {i}\n");
+    let mut clients: Vec<TcpStream> = (0..10)
+        .map(|i| {
+            let mut stream = connect(proxy.port);
+            stream.write_all(line(i).as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    let waiting = proxy.wait_for_line(wait_for, Duration::from_secs(10));
+    assert!(
+        waiting.is_some(),
+        "{target:?}: no {wait_for:?}:\n{}",
+        proxy.output()
+    );
+    proxy.signal("INT");
+    let stopping = proxy.wait_for_line("Signal received", Duration::from_secs(10));
+    assert!(stopping.is_some(), "{target:?}: {}", proxy.output());
+    // The clients end their requests: those served finish, the next ones get their turn.
+    for stream in &clients {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut served = 0;
+    for (i, stream) in clients.iter_mut().enumerate() {
+        let (data, end) = read_until_end(stream);
+        if end.is_ok() && data == line(i).as_bytes() {
+            served += 1;
+        } else {
+            println!("{target:?}: client {i}: {} B, then {end:?}", data.len());
+        }
+    }
+    println!("{target:?}: {served} of 10 clients waiting at Ctrl-C were served");
+    assert_eq!(served, 10, "{target:?}: {}", proxy.output());
+    let status = proxy.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{target:?}: {}",
+        proxy.output()
+    );
+}
+
+/// Threads mode with `workers = 2`: 10 clients, 2 served, the rest in the queue and the
+/// listen backlog at Ctrl-C. All 10 are served (before issue 17, 5 were reset unserved).
+#[test]
+fn clients_waiting_for_a_worker_at_ctrl_c_are_served() {
+    let backend = Backend::echo();
+    let proxy = Target::Rsp.start_with(&[backend.port], "workers = 2\ndrain_timeout = 30");
+    backlog_at_ctrl_c_is_served(Target::Rsp, proxy, "workers are busy");
+}
+
+/// Both modes at the connection limit (the open-files limit lowered to fit about 4
+/// connections): 10 clients, the rest in the listen backlog at Ctrl-C. All 10 are served
+/// (before issue 17, mio mode reset 9 of 10 unserved).
+#[test]
+fn clients_in_the_backlog_at_the_connection_limit_at_ctrl_c_are_served() {
+    for target in Target::rsp_modes() {
+        let backend = Backend::echo();
+        let idle_fds = target.start(backend.port).fds();
+        let fd_limit = idle_fds + 16 + 2 * 4;
+        let config = rsp_config(
+            &[backend.port],
+            &format!("{}\ndrain_timeout = 30", mode_line(target)),
+        );
+        let args = [
+            format!("--nofile={fd_limit}:{fd_limit}"),
+            target.binary().to_string(),
+            config.display().to_string(),
+        ];
+        let proxy = Proxy::spawn("prlimit", &args);
+        backlog_at_ctrl_c_is_served(target, proxy, "At the connection limit (");
+    }
+}

@@ -412,3 +412,14 @@ impl Conn {
 fn reset_on_close(socket: &TcpStream) {
     let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
+
+impl Conn {
+    /// The second Ctrl-C, before the loop closes its connections one by one: from now
+    /// on even the process's exit (which may come first) resets both peers, never a FIN.
+    pub fn reset_on_exit(&self) {
+        reset_on_close(&self.client);
+        if let Backend::Connected(stream, _) = &self.backend {
+            reset_on_close(stream);
+        }
+    }
+}
