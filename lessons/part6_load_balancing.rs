@@ -282,8 +282,8 @@ impl Balancer {
     } // New in part 6
 } // New in part 6
 
-/// The health-check thread: every `interval`, probes each backend in turn. A backend goes
-/// DOWN after `fall` failed probes in a row and UP after `rise` good ones: a threshold,
+/// The health-check thread: every `check_interval`, probes each backend in turn. A backend
+/// goes DOWN after `fall` failed probes in a row and UP after `rise` good ones: a threshold,
 /// not a single probe, decides, so one lost probe does not take a backend out. A round
 /// starts an interval after the last one ends, so a slow probe delays the others: simple.
 fn health_checks(balancer: &Balancer, config: &Config) {
@@ -310,7 +310,7 @@ fn health_checks(balancer: &Balancer, config: &Config) {
 } // New in part 6
 
 /// One probe: a TCP connect; with a `check_path`, also `GET path` and the status line,
-/// which must say 2xx or 3xx. Each step may take up to `interval`. `Err` says why not.
+/// which must say 2xx or 3xx. Each step may take up to `check_interval`. `Err` says why.
 fn probe(addr: SocketAddr, config: &Config) -> Result<(), String> {
     // "connection refused", not "Connection refused (os error 111)"; and a read that
     // timed out is `WouldBlock` on Linux, which would say "operation would block".
