@@ -23,10 +23,10 @@
 //!
 //! Try this:
 //! - In `lessons/part6_load_balancing.rs`, in `health_checks`, take a backend DOWN at the
-//!   first failed probe (`*streak == 1` in place of `*streak == checks.fall`).
+//!   first failed probe (`n == 1` in place of `n == config.fall`).
 //!   `a_backend_failing_every_second_probe_stays_in_with_fall_3` fails: the backend,
 //!   DOWN at once, never gets the three good probes in a row it needs to come back.
-//! - In `Balancer::connect`, delete the `if pool.is_empty()` block (all DOWN: refuse).
+//! - In `Balancer::connect`, set `all_down` to `false` (all DOWN: refuse every client).
 //!   `with_every_backend_down_clients_are_still_tried` fails: the backends work, only their
 //!   health page is broken, and every client is turned away.
 //! - In `probe`, return `Ok(())` just after the connect (a TCP check, whatever the path).
