@@ -115,6 +115,19 @@ impl Balancer {
         self.lock()[index].is_some_and(|until| until > Instant::now())
     }
 
+    /// After a reload: takes over `old`'s state for each backend that stays (same address
+    /// and name): its down mark, and where the round robin stands.
+    pub fn keep_state_from(&mut self, old: &Balancer) {
+        let old_down = old.lock().clone();
+        let down = self.down_until.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (i, backend) in self.backends.iter().enumerate() {
+            if let Some(j) = old.backends.iter().position(|o| o == backend) {
+                down[i] = old_down[j];
+            }
+        }
+        *self.next.get_mut() = old.next.load(Ordering::Relaxed);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Instant>>> {
         // A panic while holding this lock cannot leave the Vec half-written (each update
         // is one store), so a poisoned lock is still safe to use.
@@ -175,6 +188,24 @@ mod tests {
         b.mark_up(0);
         assert!(!b.is_down(0));
         assert_eq!(b.plan().len(), 2);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_backends_that_stay() {
+        let old = balancer(3, 10);
+        old.mark_down(1);
+        let kept = old.backends[1].clone();
+        let new_one = Backend {
+            name: "127.0.0.1:9100".into(),
+            addr: ([127, 0, 0, 1], 9100).into(),
+        };
+        let mut new = Balancer::new(vec![new_one, kept], Duration::from_secs(10));
+        new.keep_state_from(&old);
+        assert!(!new.is_down(0), "a new backend starts up");
+        assert!(
+            new.is_down(1),
+            "the down mark of a backend that stays was lost"
+        );
     }
 
     #[test]

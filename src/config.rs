@@ -87,6 +87,8 @@ pub struct Config {
     /// Mio mode: event loops, each on its own thread; the default is one per CPU this
     /// process may use.
     pub loops: usize,
+    /// Where the stats page and `/metrics` listen ([`crate::stats`]); `None` = off.
+    pub stats: Option<SocketAddr>,
 }
 
 impl Config {
@@ -108,6 +110,7 @@ impl Config {
             mode: Mode::Threads,
             max_buffered: 256 * 1024,
             loops: default_loops(),
+            stats: None,
         }
     }
 }
@@ -162,6 +165,10 @@ impl Loaded {
             ("mode", format!("\"{}\"", c.mode.name())),
             ("loops", c.loops.to_string()),
             ("max_buffered", c.max_buffered.to_string()),
+            (
+                "stats",
+                c.stats.map_or("nil".into(), |a| format!("\"{a}\"")),
+            ),
         ];
         let mut out = String::new();
         for (key, value) in lines {

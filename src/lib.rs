@@ -19,6 +19,8 @@
 //! | round-robin backends, skipping those that failed | [`balancer`] |
 //! | running out of file descriptors: recognising it, the retry pace | [`fds`] |
 //! | how a connection ended, its one-line summary | [`outcome`] |
+//! | counters, the stats page and `/metrics` (`stats = "127.0.0.1:8001"`) | [`stats`] |
+//! | the config in force, reloaded on SIGHUP; the SIGTERM/SIGHUP thread | [`reload`] |
 //! | `mode = "threads"`: accept loop, worker pool, two blocking copies | [`threads`] |
 //! | `mode = "mio"`: event loops, one per core, each for the connections it accepted (feature `mio`) | `event_loop` |
 //!
@@ -36,6 +38,8 @@ pub mod fds;
 pub mod listen;
 pub mod logging;
 pub mod outcome;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod threads;

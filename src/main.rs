@@ -97,7 +97,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     // printed straight to stderr.
     print_warnings(&loaded.warnings);
     rsp::logging::init(loaded.config.log_level);
-    match rsp::server::run(loaded.config) {
+    match rsp::server::run(loaded.config, Some(path.to_path_buf())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("rsp: {error}");

@@ -32,6 +32,9 @@ pub struct Shutdown {
     signals: AtomicUsize,
     /// Run by the second signal before exiting: resets the open connections.
     exit_hook: Mutex<Option<ExitHook>>,
+    /// What a signal does (set by [`Shutdown::install_handler`]); SIGTERM arrives on the
+    /// signal thread of [`crate::reload`] and runs it through [`Shutdown::signal`].
+    handler: Mutex<Option<ExitHook>>,
 }
 
 impl std::fmt::Debug for Shutdown {
@@ -73,7 +76,16 @@ impl Shutdown {
         !self.stopping.swap(true, Ordering::SeqCst)
     }
 
-    /// Installs the process's Ctrl-C / SIGTERM / SIGHUP handler. The first signal sets the
+    /// Runs what Ctrl-C runs (for SIGTERM, which `ctrlc` no longer takes: see
+    /// [`crate::reload`]).
+    pub fn signal(&self) {
+        if let Some(handler) = &*self.handler.lock().unwrap_or_else(|e| e.into_inner()) {
+            handler();
+        }
+    }
+
+    /// Installs the process's Ctrl-C handler (SIGTERM comes through [`Shutdown::signal`]).
+    /// The first signal sets the
     /// flag and calls `wake`; the second exits with [`SECOND_SIGNAL_EXIT_CODE`]. Fails if a
     /// handler is already installed (the `ctrlc` crate allows one per process).
     pub fn install_handler<F>(self: &Arc<Self>, wake: F) -> io::Result<()>
@@ -81,7 +93,7 @@ impl Shutdown {
         F: Fn() + Send + 'static,
     {
         let this = Arc::clone(self);
-        ctrlc::set_handler(move || {
+        let handler = move || {
             if this.signals.fetch_add(1, Ordering::SeqCst) == 0 {
                 log::info!("Signal received: stopping. A second Ctrl-C exits at once.");
                 this.begin();
@@ -94,8 +106,11 @@ impl Shutdown {
                 }
                 std::process::exit(SECOND_SIGNAL_EXIT_CODE);
             }
-        })
-        .map_err(|e| io::Error::other(format!("cannot install the Ctrl-C handler: {e}")))
+        };
+        *self.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(handler));
+        let this = Arc::clone(self);
+        ctrlc::set_handler(move || this.signal())
+            .map_err(|e| io::Error::other(format!("cannot install the Ctrl-C handler: {e}")))
     }
 }
 

@@ -14,6 +14,7 @@
 //! `connect_timeout`) as other connections close and free theirs.
 
 use std::io::{self, ErrorKind};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::Registry;
@@ -22,6 +23,8 @@ use mio::net::TcpStream;
 use super::connection::{Ctx, Side, interest, token};
 use crate::fds;
 use crate::outcome::Outcome;
+use crate::reload::InForce;
+use crate::stats::BackendStats;
 
 /// A backend connect under way.
 #[derive(Debug)]
@@ -36,6 +39,9 @@ pub struct Connecting {
     retry_at: Option<Instant>,
     /// Backends to try after this one, the next one last.
     to_try: Vec<usize>,
+    /// The configuration in force when the client came: the indexes are into its
+    /// balancer, whatever a reload does meanwhile.
+    now: Arc<InForce>,
 }
 
 /// What became of a connect after an event or a tick.
@@ -43,41 +49,50 @@ pub struct Connecting {
 pub enum Step {
     /// Still under way (maybe with the next backend).
     Waiting(Connecting),
-    /// Connected to backend `index` (the second field).
-    Connected(TcpStream, usize),
+    /// Connected to the backend with these counters.
+    Connected(TcpStream, Arc<BackendStats>),
 }
 
 impl Connecting {
     /// Starts connection `id`'s connect to the first backend of a fresh balancer plan.
     /// Fails with [`Outcome::ConnectFailed`] if no backend can even be tried.
     pub fn start(id: u64, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
-        let mut to_try = ctx.balancer.plan();
+        let now = Arc::clone(ctx.in_force);
+        let mut to_try = now.balancer.plan();
         to_try.reverse();
-        Connecting::next(id, to_try, ctx)
+        Connecting::next(id, now, to_try, ctx)
     }
 
     /// Starts a connect to the next backend in `to_try` that accepts one.
-    fn next(id: u64, mut to_try: Vec<usize>, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
-        while let Some(index) = to_try.pop() {
+    fn next(
+        id: u64,
+        now: Arc<InForce>,
+        mut to_try: Vec<usize>,
+        ctx: &mut Ctx,
+    ) -> Result<Connecting, Outcome> {
+        let mut now = Some(now);
+        while let (Some(index), Some(in_force)) = (to_try.pop(), now.take()) {
             let mut connecting = Connecting {
                 stream: None,
                 index,
-                deadline: ctx.now + ctx.settings.connect_timeout,
+                deadline: ctx.now + in_force.config.connect_timeout,
                 retry_at: None,
                 to_try,
+                now: in_force,
             };
             match connecting.open(id, ctx) {
                 Ok(()) => return Ok(connecting),
-                Err(e) => failed(id, index, &e, ctx)?,
+                Err(e) => connecting.failed(id, &e)?,
             }
             to_try = connecting.to_try;
+            now = Some(connecting.now);
         }
         Err(Outcome::ConnectFailed)
     }
 
     /// Opens the socket and starts the handshake, or, out of fds, plans a retry.
     fn open(&mut self, id: u64, ctx: &mut Ctx) -> io::Result<()> {
-        let addr = ctx.balancer.backend(self.index).addr;
+        let addr = self.now.balancer.backend(self.index).addr;
         let opened = TcpStream::connect(addr).and_then(|mut stream| {
             // Urgent bytes are passed on in order like any others (see `listen::listen`).
             socket2::SockRef::from(&stream).set_out_of_band_inline(true)?;
@@ -123,9 +138,11 @@ impl Connecting {
                 _ => self.give_up(id, &e, ctx),
             };
         }
-        ctx.balancer.mark_up(self.index);
+        self.now.balancer.mark_up(self.index);
         let _ = stream.set_nodelay(true); // A latency hint; failing is harmless.
-        Ok(Step::Connected(stream, self.index))
+        let stats = Arc::clone(&self.now.backends[self.index]);
+        stats.connected();
+        Ok(Step::Connected(stream, stats))
     }
 
     /// A deadline passed: retries a connect that lacked an fd, gives up one that took too
@@ -149,8 +166,19 @@ impl Connecting {
         if let Some(mut stream) = self.stream.take() {
             let _ = ctx.registry.deregister(&mut stream);
         }
-        failed(id, self.index, error, ctx)?;
-        Connecting::next(id, self.to_try, ctx).map(Step::Waiting)
+        self.failed(id, error)?;
+        Connecting::next(id, self.now, self.to_try, ctx).map(Step::Waiting)
+    }
+
+    /// Reports the failed attempt to the balancer (which logs it and marks the backend
+    /// down) and counts it. `Err` when the connection should give up rather than try the
+    /// next backend (out of fds: another backend would fail alike).
+    fn failed(&self, id: u64, error: &io::Error) -> Result<(), Outcome> {
+        self.now.backends[self.index].connect_failed();
+        match self.now.balancer.connect_failed(id, self.index, error) {
+            true => Ok(()),
+            false => Err(Outcome::ConnectFailed),
+        }
     }
 
     /// Stops waiting: deregisters the socket (dropping `self` closes it).
@@ -158,15 +186,5 @@ impl Connecting {
         if let Some(mut stream) = self.stream.take() {
             let _ = registry.deregister(&mut stream);
         }
-    }
-}
-
-/// Reports a failed attempt on backend `index` to the balancer (which logs it and marks
-/// the backend down). `Err` when the connection should give up rather than try the next
-/// backend (out of fds: another backend would fail alike).
-fn failed(id: u64, index: usize, error: &io::Error, ctx: &mut Ctx) -> Result<(), Outcome> {
-    match ctx.balancer.connect_failed(id, index, error) {
-        true => Ok(()),
-        false => Err(Outcome::ConnectFailed),
     }
 }

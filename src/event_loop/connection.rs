@@ -15,8 +15,10 @@ use mio::{Interest, Registry, Token};
 
 use super::connect::{Connecting, Step};
 use super::pipe::{Fault, Pipe};
-use crate::balancer::Balancer;
 use crate::outcome::{Outcome, Summary};
+use crate::reload::InForce;
+use crate::stats::BackendStats;
+use std::sync::Arc;
 
 /// Which socket of a connection an event is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +61,6 @@ pub fn interest() -> Interest {
 pub struct Settings {
     /// Bytes queued per direction before its source is paused.
     pub max_buffered: usize,
-    /// How long one backend connect may take.
-    pub connect_timeout: Duration,
     /// Close a connection with no bytes moving for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
     /// Close a connection whose client sent nothing this long after it was accepted.
@@ -71,9 +71,9 @@ pub struct Settings {
 pub struct Ctx<'a> {
     /// Where sockets are registered for events.
     pub registry: &'a Registry,
-    /// Picks backends; told which ones fail.
-    pub balancer: &'a Balancer,
-    /// The config values.
+    /// The configuration in force (backends, balancer, counters) for new connections.
+    pub in_force: &'a Arc<InForce>,
+    /// The config values in force, for new connections.
     pub settings: Settings,
     /// The loop's one read buffer, shared by every connection.
     pub buf: &'a mut [u8],
@@ -86,8 +86,8 @@ pub struct Ctx<'a> {
 enum Backend {
     /// The connect is under way.
     Connecting(Connecting),
-    /// Connected to the backend with this index in the balancer.
-    Connected(TcpStream, usize),
+    /// Connected to the backend with these counters.
+    Connected(TcpStream, Arc<BackendStats>),
     /// No backend: every connect failed (the connection is about to close).
     Failed,
 }
@@ -113,6 +113,10 @@ pub struct Conn {
     last_active: Instant,
     /// Whether the client has sent a byte (after which `client_timeout` no longer applies).
     client_spoke: bool,
+    /// The config values in force when it was accepted (a reload does not change them).
+    settings: Settings,
+    /// Bytes up and down already added to the backend's counters.
+    counted: [u64; 2],
 }
 
 impl Conn {
@@ -148,6 +152,8 @@ impl Conn {
             started: ctx.now,
             last_active: ctx.now,
             client_spoke: false,
+            settings: ctx.settings,
+            counted: [0, 0],
         };
         (conn, result)
     }
@@ -204,9 +210,9 @@ impl Conn {
         };
         self.backend = match step {
             Step::Waiting(connecting) => Backend::Connecting(connecting),
-            Step::Connected(stream, index) => {
+            Step::Connected(stream, stats) => {
                 self.last_active = ctx.now;
-                Backend::Connected(stream, index)
+                Backend::Connected(stream, stats)
             }
         };
         Ok(())
@@ -239,12 +245,36 @@ impl Conn {
             Side::Client => (&mut self.down, &self.client, Side::Backend),
             Side::Backend => (&mut self.up, backend, Side::Client),
         };
-        match pipe.flush(dst, ctx.settings.max_buffered, self.id, other_done) {
+        match pipe.flush(dst, self.settings.max_buffered, self.id, other_done) {
             Ok(true) => self.last_active = ctx.now,
             Ok(false) => {}
             Err(fault) => return Err(self.fault(source, fault)),
         }
+        self.count_bytes();
         Ok(())
+    }
+
+    /// Adds the bytes delivered since the last call to the backend's counters: one
+    /// atomic add per direction that moved.
+    fn count_bytes(&mut self) {
+        let Backend::Connected(_, stats) = &self.backend else {
+            return;
+        };
+        for (i, delivered) in [self.up.delivered(), self.down.delivered()]
+            .into_iter()
+            .enumerate()
+        {
+            if delivered > self.counted[i] {
+                stats.add_bytes(i == 0, delivered - self.counted[i]);
+                self.counted[i] = delivered;
+            }
+        }
+    }
+
+    /// Bytes queued both ways, and how many directions are paused (stats page).
+    pub fn backlog(&self) -> (usize, usize) {
+        let ((up, up_paused), (down, down_paused)) = (self.up.backlog(), self.down.backlog());
+        (up + down, usize::from(up_paused) + usize::from(down_paused))
     }
 
     /// Moves bytes both ways as far as the sockets allow. `Ok(true)`: call again soon.
@@ -252,7 +282,7 @@ impl Conn {
         let Backend::Connected(backend, _) = &self.backend else {
             return Ok(false);
         };
-        let max = ctx.settings.max_buffered;
+        let max = self.settings.max_buffered;
         let last = self.down.is_done();
         let up = self
             .up
@@ -265,6 +295,7 @@ impl Conn {
         let down = down.map_err(|f| self.fault(Side::Backend, f))?;
         if up.moved || down.moved {
             self.last_active = ctx.now;
+            self.count_bytes();
         }
         self.client_spoke |= up.moved;
         Ok(up.more || down.more)
@@ -295,7 +326,8 @@ impl Conn {
 
     /// When [`Conn::on_tick`] has something to do: the connect, the idle or the client
     /// deadline.
-    pub fn deadline(&self, settings: &Settings) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Instant> {
+        let settings = &self.settings;
         match &self.backend {
             Backend::Connecting(connecting) => Some(connecting.deadline()),
             Backend::Connected(..) => {
@@ -316,11 +348,11 @@ impl Conn {
     /// backend; a client silent for `client_timeout`, or a connection idle for
     /// `idle_timeout`, ends.
     pub fn on_tick(&mut self, ctx: &mut Ctx) -> Result<(), Outcome> {
-        match self.deadline(&ctx.settings) {
+        match self.deadline() {
             Some(deadline) if ctx.now >= deadline => match self.backend {
                 Backend::Connecting(_) => self.step_connect(ctx, true),
                 _ if self
-                    .client_deadline(&ctx.settings)
+                    .client_deadline(&self.settings)
                     .is_some_and(|t| ctx.now >= t) =>
                 {
                     Err(Outcome::ClientTimeout)
@@ -352,7 +384,9 @@ impl Conn {
     /// closed, and these fds are never `dup`ed, so dropping them is enough (and saves two
     /// `epoll_ctl` calls per connection, a tenth of its syscalls). A late event for a
     /// token of ours finds no connection in the map and is ignored.
-    pub fn close(self, outcome: Outcome, registry: &Registry, balancer: &Balancer) -> Summary {
+    /// A connection that reached a backend is counted closed in its counters.
+    pub fn close(mut self, outcome: Outcome, registry: &Registry) -> Summary {
+        self.count_bytes();
         let in_flight = !self.up.is_quiet() || !self.down.is_quiet();
         let (reset_client, reset_backend) = match outcome {
             Outcome::ClientReset => (false, true),
@@ -365,11 +399,12 @@ impl Conn {
             reset_on_close(&self.client);
         }
         let backend = match self.backend {
-            Backend::Connected(stream, index) => {
+            Backend::Connected(stream, stats) => {
                 if reset_backend {
                     reset_on_close(&stream);
                 }
-                balancer.backend(index).name.clone()
+                stats.closed(outcome);
+                stats.name.clone()
             }
             Backend::Connecting(connecting) => {
                 connecting.close(registry);

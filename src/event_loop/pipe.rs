@@ -106,6 +106,11 @@ impl Pipe {
         self.read - self.queue.len() as u64
     }
 
+    /// Bytes queued for the destination, and whether the source is paused (stats page).
+    pub fn backlog(&self) -> (usize, bool) {
+        (self.queue.len(), self.paused)
+    }
+
     /// Whether nothing is on its way in this direction: no byte queued and no EOF read
     /// (an idle keep-alive). A pipe that has ended while the other has not is a
     /// half-closed transfer, so it is not quiet either (see `Conn::close`).

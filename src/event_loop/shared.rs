@@ -8,13 +8,20 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 
-use crate::balancer::Balancer;
+use std::sync::Arc;
+
+use crate::reload::Current;
 use crate::shutdown::DrainLog;
+use crate::stats::LoopGauge;
 
 /// What every loop shares.
 pub(super) struct Shared {
-    /// Round robin with failover, shared code with threads mode.
-    pub(super) balancer: Balancer,
+    /// The configuration in force (balancer, counters, settings), swapped by a reload.
+    pub(super) current: Arc<Current>,
+    /// One per loop: what the stats page shows of it.
+    pub(super) gauges: Vec<LoopGauge>,
+    /// Whether the stats page is on: then each loop stores its gauges now and then.
+    pub(super) gauges_wanted: bool,
     /// Connections open in all loops (reserved just before `accept`).
     pub(super) open: AtomicUsize,
     /// The most connections open at once in the process (`listen::connection_limit`):
@@ -89,7 +96,13 @@ mod tests {
 
     fn shared(max_conns: usize, poll: &Poll) -> Shared {
         Shared {
-            balancer: Balancer::new(Vec::new(), Duration::from_secs(1)),
+            current: crate::reload::Current::new(
+                crate::config::Config::with_defaults(([127, 0, 0, 1], 0).into(), Vec::new()),
+                None,
+                crate::stats::Stats::new(None),
+            ),
+            gauges: Vec::new(),
+            gauges_wanted: false,
             open: AtomicUsize::new(0),
             max_conns,
             limit_logged: AtomicBool::new(false),

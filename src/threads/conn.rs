@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 
 use crate::outcome::{Outcome, Summary};
+use crate::stats::BackendStats;
+use crate::threads::relay::RelaySettings;
 
 /// The shared state of one client ↔ backend pair.
 #[derive(Debug)]
@@ -39,6 +41,10 @@ pub struct Connection {
     down: AtomicU64,
     /// Why it was cut and what is in flight, behind one lock: see [`CutState`].
     state: Mutex<CutState>,
+    /// The backend's counters (bytes are added to them as they move).
+    pub stats: std::sync::Arc<BackendStats>,
+    /// The settings in force when it was accepted (a reload does not change them).
+    pub settings: RelaySettings,
 }
 
 /// What a cut needs to know to choose between a FIN and a reset, and the cut itself.
@@ -59,6 +65,7 @@ struct CutState {
 
 impl Connection {
     /// A connection accepted at `started`, between `client` and `backend`.
+    #[allow(clippy::too_many_arguments)] // New in issue 21: counters and settings.
     pub fn new(
         id: u64,
         client: TcpStream,
@@ -66,6 +73,8 @@ impl Connection {
         backend: TcpStream,
         backend_name: String,
         started: Instant,
+        stats: std::sync::Arc<BackendStats>,
+        settings: RelaySettings,
     ) -> Connection {
         let conn = Connection {
             id,
@@ -78,6 +87,8 @@ impl Connection {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             state: Mutex::new(CutState::default()),
+            stats,
+            settings,
         };
         conn.touch();
         conn
@@ -120,6 +131,7 @@ impl Connection {
     pub fn count(&self, up: bool, n: u64) {
         let counter = if up { &self.up } else { &self.down };
         counter.fetch_add(n, Ordering::Relaxed);
+        self.stats.add_bytes(up, n);
     }
 
     /// Ends the connection now for `reason`: records the reason (unless another was
@@ -252,6 +264,12 @@ mod tests {
             backend,
             "b".into(),
             Instant::now(),
+            std::sync::Arc::new(BackendStats::for_test()),
+            RelaySettings {
+                buffer_size: 1024,
+                idle_timeout: None,
+                client_timeout: None,
+            },
         ));
         let reader = {
             let conn = conn.clone();
