@@ -95,7 +95,10 @@ fn holds_2000_idle_connections_on_one_thread() {
     let threads = proxy.threads();
     let grown = proxy.rss_kib().saturating_sub(rss_before);
     println!("mio mode, {N} idle: {threads} threads, RSS +{grown} KiB");
-    assert_eq!(threads, 2, "the event loop plus the Ctrl-C handler thread");
+    assert_eq!(
+        threads, 3,
+        "the event loop, the Ctrl-C handler thread and the SIGTERM/SIGHUP thread"
+    );
     assert!(
         grown < 8 * N as u64,
         "RSS grew {grown} KiB for {N} connections"
