@@ -222,3 +222,43 @@ pub fn watch_signals(
         })
         .map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backend;
+
+    fn backend(port: u16) -> Backend {
+        Backend {
+            name: format!("127.0.0.1:{port}"),
+            addr: ([127, 0, 0, 1], port).into(),
+        }
+    }
+
+    fn config(ports: &[u16]) -> Config {
+        let backends = ports.iter().map(|p| backend(*p)).collect();
+        Config::with_defaults(([127, 0, 0, 1], 0).into(), backends)
+    }
+
+    #[test]
+    fn the_reload_line_says_what_changed() {
+        let old = config(&[1, 2]);
+        let mut new = config(&[2, 3, 4]);
+        new.idle_timeout = Some(Duration::from_secs(60));
+        assert_eq!(changes(&old, &new), "backends +2 -1, idle_timeout 300 → 60");
+        assert_eq!(changes(&old, &config(&[2, 1])), "backends reordered");
+        assert_eq!(changes(&old, &old.clone()), "no change");
+    }
+
+    #[test]
+    fn keys_that_need_a_restart_keep_their_old_value() {
+        let old = config(&[1]);
+        let mut new = config(&[1]);
+        new.listen = ([127, 0, 0, 1], 9).into();
+        new.workers = old.workers + 1;
+        new.idle_timeout = None;
+        keep_fixed(&old, &mut new);
+        assert_eq!((new.listen, new.workers), (old.listen, old.workers));
+        assert_eq!(new.idle_timeout, None, "a key that can change was put back");
+    }
+}

@@ -156,34 +156,24 @@ fn total_on_page(stats: u16, what: &str) -> u64 {
     })
 }
 
+/// `rsp --check` on a config with `extra`: its exit code and output.
+fn check(extra: &str) -> (Option<i32>, String) {
+    let path = rsp_config(&[8888], extra).display().to_string();
+    run_to_exit(Target::Rsp.binary(), &["--check", &path], CLIENT_TIMEOUT)
+}
+
 /// `--check` prints `stats`, and warns when it is reachable from other machines; a bad
 /// value is a one-line error naming the key.
 #[test]
 fn check_warns_about_a_stats_address_off_loopback() {
-    let rsp = Target::Rsp.binary();
-    let open = rsp_config(&[8888], "stats = \"0.0.0.0:8001\"");
-    let (code, out) = run_to_exit(
-        rsp,
-        &["--check", &open.display().to_string()],
-        CLIENT_TIMEOUT,
-    );
+    let (code, out) = check("stats = \"0.0.0.0:8001\"");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("warning: stats = \"0.0.0.0:8001\" is reachable from other machines"));
     assert!(out.contains("\nstats = \"0.0.0.0:8001\"\n"), "{out}");
-    let local = rsp_config(&[8888], "stats = \"127.0.0.1:8001\"");
-    let (code, out) = run_to_exit(
-        rsp,
-        &["--check", &local.display().to_string()],
-        CLIENT_TIMEOUT,
-    );
+    let (code, out) = check("stats = \"127.0.0.1:8001\"");
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains("warning"), "{out}");
-    let bad = rsp_config(&[8888], "stats = 8001");
-    let (code, out) = run_to_exit(
-        rsp,
-        &["--check", &bad.display().to_string()],
-        CLIENT_TIMEOUT,
-    );
+    let (code, out) = check("stats = 8001");
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(": stats: expected a \"host:port\" string, got number 8001"),
