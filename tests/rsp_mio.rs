@@ -68,7 +68,7 @@ fn open_idle(proxy: &Proxy, backend: &Backend, n: usize) -> Vec<TcpStream> {
 }
 
 /// 2,000 idle connections stay open through rsp for 2 s on ONE event-loop thread (plus
-/// the Ctrl-C handler's), cost under 8 KiB of RSS each, and a fresh request is served.
+/// the Ctrl-C handler's and the signal thread), cost under 8 KiB of RSS each, and a fresh request is served.
 #[test]
 fn holds_2000_idle_connections_on_one_thread() {
     const N: usize = 2_000;
@@ -125,7 +125,8 @@ fn wait_for_accepts(proxy: &Proxy, n: usize) {
     );
 }
 
-/// With `loops = 4`, rsp runs four event-loop threads (plus the Ctrl-C handler's) and
+/// With `loops = 4`, rsp runs four event-loop threads (plus the Ctrl-C handler's and the
+/// SIGTERM/SIGHUP thread) and
 /// the kernel spreads 40 clients over more than one of them (`SO_REUSEPORT` picks a
 /// listener by a hash of the client's port: all 40 on one loop has odds of 4 in 4^40).
 #[test]
@@ -133,7 +134,11 @@ fn several_loops_share_the_clients() {
     const CLIENTS: usize = 40;
     let backend = counting_backend();
     let proxy = Target::RspMio.start_with(&[backend.port], "loops = 4\nlog_level = \"debug\"");
-    assert_eq!(proxy.threads(), 5, "4 loops plus the Ctrl-C handler thread");
+    assert_eq!(
+        proxy.threads(),
+        6,
+        "4 loops, the Ctrl-C handler thread and the SIGTERM/SIGHUP thread"
+    );
     for i in 0..CLIENTS {
         let request = format!("request {i}");
         let answer = round_trip(proxy.port, request.as_bytes());
