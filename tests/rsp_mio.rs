@@ -68,7 +68,8 @@ fn open_idle(proxy: &Proxy, backend: &Backend, n: usize) -> Vec<TcpStream> {
 }
 
 /// 2,000 idle connections stay open through rsp for 2 s on ONE event-loop thread (plus
-/// the Ctrl-C handler's and the signal thread), cost under 8 KiB of RSS each, and a fresh request is served.
+/// the Ctrl-C handler's and the signal thread), cost under 8 KiB of RSS each, and a
+/// fresh request is served.
 #[test]
 fn holds_2000_idle_connections_on_one_thread() {
     const N: usize = 2_000;
