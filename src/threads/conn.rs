@@ -65,7 +65,7 @@ struct CutState {
 
 impl Connection {
     /// A connection accepted at `started`, between `client` and `backend`.
-    #[allow(clippy::too_many_arguments)] // New in issue 21: counters and settings.
+    #[allow(clippy::too_many_arguments)] // the two sockets, their names, clock, counters, settings
     pub fn new(
         id: u64,
         client: TcpStream,
