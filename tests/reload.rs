@@ -132,6 +132,12 @@ fn a_tight_connect_loop_across_10_reloads_sees_no_refused_or_reset_connection() 
             let backends = if i % 2 == 0 { [a.port] } else { [b.port] };
             rewrite(&path, target, &backends, &format!("connect_timeout = {i}"));
             reload(&proxy, i);
+            // Two more clients served: the second one came after the reload.
+            let before = served.load(Ordering::SeqCst);
+            let more = proxy.eventually(Duration::from_secs(20), |_| {
+                served.load(Ordering::SeqCst) >= before + 2 || failed.load(Ordering::SeqCst) > 0
+            });
+            assert!(more, "{target:?}: the client loop stalled");
         }
         stop.store(true, Ordering::SeqCst);
         let errors = client.join().unwrap();
@@ -184,8 +190,11 @@ fn a_broken_config_on_reload_changes_nothing_and_says_where() {
         proxy.signal("HUP");
         let line = proxy.wait_for_line("reload failed", Duration::from_secs(20));
         let line = line.unwrap_or_else(|| panic!("no error line:\n{}", proxy.output()));
-        let file = path.display().to_string();
-        assert!(line.contains(&format!("{file}:3:")), "{target:?}: {line}");
+        // Lua shortens a long path to "...end/of/it"; its end and the line are kept.
+        assert!(
+            line.contains("proxy.lua:3: '}' expected"),
+            "{target:?}: {line}"
+        );
         assert_hello(&http_get(proxy.port, "/").unwrap());
 
         let other = if target == Target::RspMio {

@@ -28,7 +28,11 @@ fn metrics_count_six_connections_over_three_backends_as_two_each() {
         // The summary is counted as the connection closes, just after the client's EOF.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut text = metrics(stats);
-        while ports.iter().any(|p| eof_count(&text, *p) != 2.0) && Instant::now() < deadline {
+        let counted = |text: &str| {
+            ports.iter().all(|p| eof_count(text, *p) == 2.0)
+                && metric(text, "rsp_connections_open", "") == Some(0.0)
+        };
+        while !counted(&text) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
             text = metrics(stats);
         }
