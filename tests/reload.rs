@@ -192,7 +192,7 @@ fn a_broken_config_on_reload_changes_nothing_and_says_where() {
         let line = line.unwrap_or_else(|| panic!("no error line:\n{}", proxy.output()));
         // Lua shortens a long path to "...end/of/it"; its end and the line are kept.
         assert!(
-            line.contains("proxy.lua:3: '}' expected"),
+            line.contains("proxy.lua:3: unexpected symbol near <eof>"),
             "{target:?}: {line}"
         );
         assert_hello(&http_get(proxy.port, "/").unwrap());
