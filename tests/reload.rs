@@ -23,12 +23,15 @@ fn start(target: Target, backends: &[u16], extra: &str) -> (Proxy, PathBuf) {
 }
 
 fn config_extra(target: Target, extra: &str) -> String {
-    let mode = if target == Target::RspMio {
-        "mio"
-    } else {
-        "threads"
-    };
-    format!("mode = \"{mode}\"\n{extra}")
+    format!("mode = \"{}\"\n{extra}", config_mode(target))
+}
+
+/// The `mode` rsp runs in for `target`.
+fn config_mode(target: Target) -> &'static str {
+    match target {
+        Target::RspMio => "mio",
+        _ => "threads",
+    }
 }
 
 /// Rewrites the config at `path` for `backends` plus `extra` (same form as [`start`]).
@@ -197,16 +200,23 @@ fn a_broken_config_on_reload_changes_nothing_and_says_where() {
         );
         assert_hello(&http_get(proxy.port, "/").unwrap());
 
-        let other = if target == Target::RspMio {
-            "threads"
-        } else {
-            "mio"
+        // The other mode where this build has it (without the `mio` feature a config
+        // with `mode = "mio"` is an error), and a loop count that is not the default.
+        let other = match target {
+            Target::RspMio => "threads",
+            _ if cfg!(feature = "mio") => "mio",
+            _ => "threads",
         };
-        let extra = format!("listen = nil\nlisten = \"127.0.0.1:1\"\nmode = \"{other}\"\n");
+        let loops = thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+        let extra = format!("listen = \"127.0.0.1:1\"\nmode = \"{other}\"\nloops = {loops}\n");
         std::fs::write(&path, rsp_config_text(backend.port) + &extra).unwrap();
         reload(&proxy, 1);
         let out = proxy.output();
-        for key in ["listen", "mode"] {
+        let mut fixed = vec!["listen", "loops"];
+        if other != config_mode(target) {
+            fixed.push("mode");
+        }
+        for key in fixed {
             let warning = format!("reload: {key} cannot change without a restart");
             assert_eq!(out.matches(&warning).count(), 1, "{target:?}:\n{out}");
         }
