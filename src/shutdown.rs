@@ -3,10 +3,10 @@
 //! The `ctrlc` crate runs our handler on its own thread (SIGTERM runs the same handler
 //! from the signal thread of [`crate::reload`]: `ctrlc` takes only SIGINT). The main
 //! thread may be blocked in `accept()`, and a flag alone would not wake it, so the
-//! handler also calls a `wake`
-//! function: threads mode connects to its own listen address ([`wake_listener`]), an
-//! event loop would use its `mio::Waker`. What to do after waking (close the listener,
-//! drain, cut) is up to the mode; this module only owns the flag and the signal handler.
+//! handler also calls a `wake` function: threads mode connects to its own listen address
+//! ([`wake_listener`]), an event loop would use its `mio::Waker`. What to do after waking
+//! (close the listener, drain, cut) is up to the mode; this module only owns the flag and
+//! the signal handler.
 //! A second signal exits at once with status 130 (128 + SIGINT), as shells do, after the
 //! mode has reset every open connection ([`Shutdown::on_second_signal`]): a process that
 //! just exits would close them with a FIN, and a cut-off transfer would look complete.
