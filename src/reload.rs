@@ -144,14 +144,19 @@ fn keep_fixed(old: &Config, new: &mut Config) {
         old.workers != new.workers,
         old.workers.to_string(),
     );
-    check("stats", old.stats != new.stats, format!("{:?}", old.stats));
+    let stats = old.stats.map_or("off".to_string(), |a| a.to_string());
+    check("stats", old.stats != new.stats, stats);
     check(
         "log_level",
         old.log_level != new.log_level,
         old.log_level.to_string(),
     );
     let drain = old.drain_timeout != new.drain_timeout;
-    check("drain_timeout", drain, format!("{:?}", old.drain_timeout));
+    check(
+        "drain_timeout",
+        drain,
+        old.drain_timeout.as_secs_f64().to_string(),
+    );
     new.listen = old.listen;
     new.mode = old.mode;
     new.loops = old.loops;
