@@ -146,11 +146,8 @@ fn keep_fixed(old: &Config, new: &mut Config) {
     );
     let stats = old.stats.map_or("off".to_string(), |a| a.to_string());
     check("stats", old.stats != new.stats, stats);
-    check(
-        "log_level",
-        old.log_level != new.log_level,
-        old.log_level.to_string(),
-    );
+    let level = old.log_level.as_str().to_lowercase();
+    check("log_level", old.log_level != new.log_level, level);
     let drain = old.drain_timeout != new.drain_timeout;
     check(
         "drain_timeout",
