@@ -1,7 +1,7 @@
 # rsp: thin wrappers over cargo. `make` alone prints this help.
 .DEFAULT_GOAL := help
 .PHONY: help build run backend test lint clean diff \
-        run-1 run-2 run-3 run-4 run-5 run-7 test-1 test-2 test-3 test-4 test-5 test-7
+        run-1 run-2 run-3 run-4 run-5 run-6 run-7 test-1 test-2 test-3 test-4 test-5 test-6 test-7
 .PHONY: bench bench-deps
 
 CARGO ?= cargo
@@ -49,6 +49,17 @@ run-4: ## run lesson part 4 (lessons/part3.lua) in front of the demo backend
 	$(call with_backend,$(BIN)/part4 lessons/part3.lua)
 run-5: ## run lesson part 5 (lessons/part3.lua) in front of the demo backend
 	$(call with_backend,$(BIN)/part5 lessons/part3.lua)
+run-6: ## run lesson part 6 (lessons/part6.lua) in front of demo backends on 8888 and 8889
+	@$(CARGO) build --bins --quiet
+	@trap 'kill $$b1 $$b2 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/demo_backend 8888 > /dev/null & b1=$$!; \
+	$(BIN)/demo_backend 8889 > /dev/null & b2=$$!; \
+	echo "Demo backends on 127.0.0.1:8888 and :8889; lessons/part6.lua also names :8890, where"; \
+	echo "nothing runs yet. Try, in other terminals:"; \
+	echo "    curl http://127.0.0.1:$(PROXY_PORT)/"; \
+	echo "    $(BIN)/demo_backend 8890      # then Ctrl-C it, and start it again"; \
+	echo "Press Ctrl-C to stop."; \
+	$(BIN)/part6 lessons/part6.lua
 run-7: ## run lesson part 7 (mio) (lessons/part3.lua) in front of the demo backend
 	$(call with_backend,$(BIN)/part7 lessons/part3.lua)
 
@@ -59,12 +70,14 @@ test: ## run every test (with and without the mio feature), then the lint
 
 # $(1): a part. Without BIN=, runs tests/part$(1)_*.rs against our lessons and rsp. With
 # BIN=, runs tests/part1_*.rs … tests/part$(1)_*.rs against that proxy, started with part
-# $(1)'s command line (RSP_TEST_BIN and RSP_TEST_PART tell the tests).
+# $(1)'s command line (RSP_TEST_BIN and RSP_TEST_PART tell the tests), every file even if
+# an earlier one fails (--no-fail-fast). Either way tests/summary.py passes cargo's output
+# on and ends with one table: each test passed, FAILED or skipped, and why.
+# (--show-output prints what passing tests printed too: a skipped test's reason.)
 define lesson_tests
-	$(if $(OWN_BIN),RSP_TEST_BIN=$(OWN_BIN) RSP_TEST_PART=$(1) $(CARGO) test \
-	    $(foreach t,$(sort $(wildcard tests/part[1-$(1)]_*.rs)),--test $(basename $(notdir $(t)))) \
-	    -- --nocapture --test-threads=1,\
-	  $(CARGO) test --test $(basename $(notdir $(wildcard tests/part$(1)_*.rs))))
+	@$(if $(OWN_BIN),RSP_TEST_BIN=$(OWN_BIN) RSP_TEST_PART=$(1)) $(CARGO) test --no-fail-fast \
+	    $(foreach t,$(sort $(wildcard tests/part$(if $(OWN_BIN),[1-$(1)],$(1))_*.rs)),--test $(basename $(notdir $(t)))) \
+	    -- --show-output $(if $(OWN_BIN),--test-threads=1) 2>&1 | python3 -B tests/summary.py
 endef
 
 test-1: ## run part 1's tests (BIN=path/to/proxy: against your own proxy)
@@ -77,6 +90,8 @@ test-4: ## run part 4's tests (BIN=…: parts 1–4's tests against your proxy)
 	$(call lesson_tests,4)
 test-5: ## run part 5's tests (BIN=…: parts 1–5's tests against your proxy)
 	$(call lesson_tests,5)
+test-6: ## run part 6's tests (BIN=…: parts 1–6's tests against your load balancer)
+	$(call lesson_tests,6)
 test-7: ## run part 7's tests (BIN=…: parts 1–7's tests against your proxy)
 	$(call lesson_tests,7)
 

@@ -15,6 +15,9 @@
     BENCH_STATS=0 ...                 # skip "stats-threads" and "stats-mio": rsp with its
                                       # stats listener on and /metrics scraped once a second
                                       # (default on), beside rsp-threads and rsp-mio (off)
+    BENCH_CHECKS=1 ...                # also run rsp with `health_check` on, as
+                                      # "rsp-threads+checks" and "rsp-mio+checks" (the
+                                      # ratio table compares each with its mode unchecked)
     BENCH_BASE_ROOT=DIR ...           # also run DIR/target/release/rsp (an older checkout)
                                       # as "base-threads" and "base-mio", for before/after
                                       # ratios from one run
@@ -173,6 +176,8 @@ def start_proxies(tmp, backend_port, settings, targets, notes):
         starters += [("stats-threads", start_rsp), ("stats-mio", start_rsp)]
     if BASE_ROOT:
         starters += [("base-threads", start_rsp), ("base-mio", start_rsp)]
+    if os.environ.get("BENCH_CHECKS"):
+        starters += [("rsp-threads+checks", start_rsp), ("rsp-mio+checks", start_rsp)]
     for name, start in starters:
         try:
             server = start(name, tmp, backend_port, settings)
@@ -216,8 +221,11 @@ def start_rsp(name, tmp, backend_port, settings):
     binary = f"{release}/rsp"
     if not os.path.exists(binary):
         raise RuntimeError(f"{binary} not found (cargo build --release --bins)")
-    mode = name.split("-")[1]
+    checks = name.endswith("+checks")
+    mode = name.removesuffix("+checks").split("-")[1]
     text = procs.rsp_conf(backend_port, mode, BASE_WORKERS if base else settings.rsp_workers)
+    if checks:  # the default probe, a TCP connect to the backend every 2 s
+        text += "health_check = { interval = 2, timeout = 1, rise = 2, fall = 3 }\n"
     if name.count("-") == 2:  # rsp-mio-N
         text += f"loops = {int(name.split('-')[2])}\n"
     stats_port = procs.free_port() if name.startswith("stats-") else None

@@ -294,6 +294,7 @@ def ratio_table(results, names, settings):
         + [(me, "direct") for me in ("rsp-threads", "rsp-mio")] \
         + [(f"stats-{m}", f"rsp-{m}") for m in ("threads", "mio")] \
         + [(f"rsp-{m}", f"base-{m}") for m in ("threads", "mio")] \
+        + [(f"rsp-{m}+checks", f"rsp-{m}") for m in ("threads", "mio")] \
         + [(f"base-{m}", "HAProxy") for m in ("threads", "mio")]
     pairs = [(a, b) for a, b in pairs if a in names and b in names]
     if not pairs:

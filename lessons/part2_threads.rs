@@ -88,12 +88,12 @@ fn run(listen_port: &str, backend_addr: &str, backend_port: &str) -> io::Result<
         // error instead, so running out of threads costs one connection, not the proxy.
         let spawned = thread::Builder::new().spawn(move || {
             if let Err(e) = handle_client_connection(client, &backend_addr, backend_port) {
-                eprintln!("Connection failed: {e}");
-            }
+                eprintln!("Connection failed: {e}"); // New in part 2
+            } // New in part 2
         }); // New in part 2
         if let Err(e) = spawned {
             eprintln!("Could not start a thread: {e}"); // New in part 2
-        } // New in part 2
+        }
     }
     Ok(())
 }
@@ -125,8 +125,8 @@ fn handle_client_connection(
 
     // Wait for the other direction too, so its error (if any) is reported. A panic cannot
     // happen in `relay`, but `join` reports one as an `Err`, which we pass on as text.
-    let upstream = upstream
-        .join()
+    let upstream = upstream // New in part 2
+        .join() // New in part 2
         .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked"))); // New in part 2
     downstream.and(upstream).map(|_| ()) // New in part 2
 } // New in part 2
@@ -147,9 +147,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // Blocking `write_all` waits until the kernel takes every byte: a slow reader
         // slows this thread down, and no data is ever lost (the bug of C part 2).
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
-        if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err(e); // New in part 2
-        } // New in part 2
+        // If `to` has gone, what it sent before it went is still readable: the other
+        // thread reads it and delivers it to `from`, so `?` leaves both sockets to it.
+        to.write_all(&buffer[..bytes_read])?; // New in part 2
         copied += bytes_read as u64; // New in part 2
     }; // New in part 2
     match result {

@@ -1,4 +1,5 @@
--- The sample config for lessons part 3 to 7 (`make run-3` … `run-7`).
+-- The sample config for lessons part 3 to 7 (`make run-3` … `run-7`; `make run-6` reads
+-- lessons/part6.lua, which lists several backends).
 -- It is a Lua chunk run with no standard library: it may only set variables.
 -- The proxy reads three globals, as the C did. They are strings because the C handed
 -- them to getaddrinfo; numbers work too (Lua converts them), so `listenPort = 8000` is fine.

@@ -39,16 +39,16 @@ fn main() {
     let args: Vec<String> = env::args().collect();
     if args.len() != 2 {
         eprintln!("Usage: {} <config_file>", args[0]); // New in part 3
-        process::exit(1); // New in part 3
-    } // New in part 3
+        process::exit(1);
+    }
     // Like the C, a config error is one line on stderr and exit status 1.
     let config_file = &args[1]; // New in part 3
     let config = match load_config(config_file) {
         Ok(config) => config, // New in part 3
         Err(message) => {
             eprintln!("{message}"); // New in part 3
-            process::exit(1);
-        }
+            process::exit(1); // New in part 3
+        } // New in part 3
     }; // New in part 3
     // Each `?` inside `run` stands for one of the C's `perror(...); exit(1);` pairs: the
     // error travels up to here, where we print it and exit with the same status.
@@ -73,13 +73,13 @@ struct Config {
 /// Runs the config file and reads its three globals. The error is the whole message.
 fn load_config(path: &str) -> Result<Config, String> {
     // `StdLib::NONE` opens none of `os`, `io`, `string`... (the C opened nothing either).
-    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default())
+    let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()) // New in part 3
         .map_err(|e| format!("Cannot start Lua: {e}"))?; // New in part 3
     // mlua always opens Lua's base library (`print`, `dofile`, `load`...), so the chunk
     // runs with an empty table as its globals: it can set variables and compute, nothing
     // else. Its globals land in `env`, where we read them afterwards.
-    let env = lua
-        .create_table()
+    let env = lua // New in part 3
+        .create_table() // New in part 3
         .map_err(|e| format!("Cannot start Lua: {e}"))?; // New in part 3
     // We read the file ourselves; the C's `luaL_dofile` said "cannot open" as well.
     let source = fs::read(path)
@@ -89,17 +89,17 @@ fn load_config(path: &str) -> Result<Config, String> {
     // own file. rsp, which must never hang, runs its config under a watchdog (src/config.rs).
     // The "@" makes Lua name the file in its messages (`path:3: ...`); text mode refuses
     // precompiled bytecode, which could crash Lua; `exec` runs the chunk.
-    lua.load(&source)
-        .set_name(format!("@{path}"))
-        .set_mode(ChunkMode::Text)
-        .set_environment(env.clone())
-        .exec()
+    lua.load(&source) // New in part 3
+        .set_name(format!("@{path}")) // New in part 3
+        .set_mode(ChunkMode::Text) // New in part 3
+        .set_environment(env.clone()) // New in part 3
+        .exec() // New in part 3
         .map_err(|e| format!("Error parsing config file: {}", first_line(&e.to_string())))?; // New in part 3
     // Reading a Lua value as a Rust `String` works like the C's `lua_isstring`: a string,
     // or a number that Lua turns into one (8000 gives "8000"). Anything else, a missing
     // global (nil) included, fails, and we say which setting it was.
     let get = |name: &str| -> Result<String, String> {
-        env.get::<_, String>(name)
+        env.get::<_, String>(name) // New in part 3
             .map_err(|_| format!("{name} must be a string")) // New in part 3
     }; // New in part 3
     Ok(Config {
@@ -205,9 +205,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // Blocking `write_all` waits until the kernel takes every byte: a slow reader
         // slows this thread down, and no data is ever lost (the bug of C part 2).
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
-        if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err(e);
-        }
+        // If `to` has gone, what it sent before it went is still readable: the other
+        // thread reads it and delivers it to `from`, so `?` leaves both sockets to it.
+        to.write_all(&buffer[..bytes_read])?;
         copied += bytes_read as u64;
     };
     match result {

@@ -4,8 +4,18 @@
 //! `042a811` and the fix in `e197936`, `3aa769e`, `ed011e6`, `e600072`. The C wrote to
 //! NON-BLOCKING sockets and ignored `write`'s answer: when a client read slower than the
 //! backend sent, the kernel's send buffer filled, `write` said EAGAIN (or took only part of
-//! the chunk), and the rest was lost. The C fixed it with a queue per client. Our threads
-//! use BLOCKING writes, so parts 2 and 3 never had the bug: this part shows it to you.
+//! the chunk), and the rest was lost. Our threads use BLOCKING writes, so parts 2 and 3
+//! never had the bug: this part shows it to you.
+//!
+//! Where blog part 4's mechanism went: the C fixed the bug inside its event loop, with
+//! edge-triggered epoll (`e197936`), a write queue per socket (`3aa769e`), queued bytes
+//! always sent first (`ed011e6`) and a close deferred until the queue is empty (`e600072`).
+//! You will find none of that here. A thread per connection may simply WAIT in a blocking
+//! `write_all` until the slow client has taken every byte: the waiting is the queue, kept
+//! by the kernel, and it slows the backend down for free. That is why this series fixes
+//! part 4 with `write_all`, one line. The C's mechanism is what a single thread serving
+//! everybody needs, since it must never wait: it arrives with the event loop, in part 7
+//! (`lessons/part7_mio.rs`), after part 5's pool and part 6's load balancing.
 //!
 //! Changes since part 3:
 //! - `--broken` brings the C's mistake back on purpose (non-blocking client socket, one
@@ -45,6 +55,7 @@ fn main() {
     let args: Vec<String> = env::args().collect();
     // `--broken` switches the backend → client copy to the C's lossy write.
     let broken = args.len() == 3 && args[1] == "--broken"; // New in part 4
+    // Two arguments (program, config), or three with `--broken`: `usize::from(true)` is 1.
     if args.len() != 2 + usize::from(broken) {
         eprintln!("Usage: {} [--broken] <config_file>", args[0]); // New in part 4
         process::exit(1);
@@ -237,9 +248,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream) -> io::Result<u64> {
         // growth. An event loop cannot wait here (one thread serves everybody), so it must
         // queue what the socket refused: that is part 7.
         // A peer that has gone away is a BrokenPipe error: Rust ignores SIGPIPE.
-        if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err(e);
-        }
+        // If `to` has gone, what it sent before it went is still readable: the other
+        // thread reads it and delivers it to `from`, so `?` leaves both sockets to it.
+        to.write_all(&buffer[..bytes_read])?;
         copied += bytes_read as u64;
     };
     match result {

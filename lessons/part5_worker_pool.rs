@@ -5,16 +5,26 @@
 //! halfway (`3816909`), resets (`86a493e`), EPIPE taken as a reset (`071a933`). It is also
 //! `rsp`'s threads mode in one file: a blocking accept loop hands each client to a pool.
 //!
-//! Changes since part 4 (`--broken` is gone: from here on only the fix is kept):
-//! - a fixed pool of `workers` threads (config key, default 8) fed by a `crossbeam_channel`
-//!   with room for nobody: while every worker is busy the accept loop waits, and new
-//!   clients wait in the kernel's listen backlog; nobody is turned away;
-//! - each worker copies both directions, the second on a `thread::scope` thread;
-//! - `simplelog` lines stamped as the C's were, one per connection as it ends;
-//! - Ctrl-C stops accepting, lets every client finish, and exits 0 (`ctrlc`).
+//! Changes since part 4 (`--broken` is gone: from here on only the fix is kept). Six ideas,
+//! here in the order the file shows them, so read it top to bottom; each is explained
+//! where it lives:
+//! 1. `simplelog` lines stamped as the C's were (`init_logging`; the banner in `run` is
+//!    the first such line);
+//! 2. the `workers` config key, default 8 (`load_config`);
+//! 3. Ctrl-C with `ctrlc`: its handler sets a flag and connects to our own port, to wake
+//!    the accept loop (`run`, the first block after the banner);
+//! 4. the pool: `workers` threads fed by a `crossbeam_channel` with room for nobody, so
+//!    while every worker is busy the accept loop waits and new clients wait in the
+//!    kernel's listen backlog; nobody is turned away (`run`, then `worker`). The end of
+//!    `run` is the drain: stop accepting, let every worker finish its client, exit 0;
+//! 5. each worker copies both directions, the second on a `thread::scope` thread that
+//!    borrows the sockets, in place of part 4's `try_clone` (`handle_client_connection`);
+//! 6. one log line per connection as it ends, naming its first error, kept in a
+//!    `OnceLock` (`FirstError`, set in `relay`, read in `handle_client_connection`).
 //!
-//! (A line that opens a block carries no marker: rustfmt would move it into the block.
-//! The lines inside carry theirs.)
+//! (The markers follow `make diff A=4 B=5` exactly, but for one exception: a line that
+//! ends in `{`, `(` or `[`, or starts a method chain, may go unmarked, since rustfmt would
+//! move its comment. README "The lessons" gives the rule; `tests/markers.rs` checks it.)
 //!
 //! Run it (three terminals; or `make run-5`, which starts the demo backend for you):
 //!
@@ -56,7 +66,7 @@ fn main() {
         process::exit(1);
     }
     // Like the C, a config error is one line on stderr and exit status 1.
-    let config = match load_config(&args[args.len() - 1]) {
+    let config = match load_config(&args[1]) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("{message}");
@@ -77,7 +87,9 @@ fn init_logging() {
     builder.set_time_format_custom(simplelog::format_description!(
         "[[[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6] [offset_hour sign:mandatory][offset_minute]]" // New in part 5
     )); // New in part 5
-    // No "[INFO]" tag, as in the C.
+    // No "[INFO]" tag, as in the C: `set_max_level` picks the levels whose NAME is shown
+    // in the line, and `Off` shows none. (Which lines are logged at all is the level given
+    // to `init` below: `Info` and up.)
     builder.set_max_level(LevelFilter::Off); // New in part 5
     // The UTC offset can only be read while no other thread runs; else the lines are UTC.
     let _ = builder.set_time_offset_to_local(); // New in part 5
@@ -145,6 +157,8 @@ fn run(config: &Config) -> io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", listen_port))
         .map_err(|e| with_context(e, format!("cannot listen on port {listen_port}")))?;
     let port = listener.local_addr()?.port();
+    // No flush, where parts 1-4 flushed stdout to be explicit: simplelog writes whole
+    // lines, and Rust's stdout is line-buffered even into a pipe, so the line is out now.
     info!("Started.  Listening on port {port}."); // New in part 5
 
     // `ctrlc` runs this handler on a thread of its own. A flag alone would not stop the
@@ -217,7 +231,9 @@ fn worker(clients: Receiver<TcpStream>, backend_addr: &str, backend_port: u16) {
     }
 } // New in part 5
 
-/// The first error of a connection, and which socket it came from.
+/// The first error of a connection, and which socket it came from. A `OnceLock` can be
+/// set once: the first `set` stores its value, and every later `set` returns `Err` and
+/// changes nothing. So whichever thread fails first is the one remembered.
 type FirstError = OnceLock<(&'static str, io::Error)>; // New in part 5
 
 /// Proxies one client: copies backend → client here, client → backend on a second
@@ -225,6 +241,8 @@ type FirstError = OnceLock<(&'static str, io::Error)>; // New in part 5
 fn handle_client_connection(client: TcpStream, backend_addr: &str, backend_port: u16) {
     let peer = client.peer_addr().map_or("?".into(), |a| a.to_string()); // New in part 5
     // `connect` resolves the name and tries each address in turn, like the C's loop.
+    // `error!(…)` is an expression of type `()`, as is this function: `return error!(…)`
+    // logs and leaves in one line.
     let backend = match TcpStream::connect((backend_addr, backend_port)) {
         Ok(backend) => backend, // New in part 5
         Err(e) => return error!("{peer}: backend {backend_addr}:{backend_port}: {e}"), // New in part 5
@@ -241,6 +259,8 @@ fn handle_client_connection(client: TcpStream, backend_addr: &str, backend_port:
         let down = relay(&backend, &client, ["backend", "client"], &first_error); // New in part 5
         // `relay` has no call that panics, so `join` cannot return a panic's `Err`.
         let up = upstream.join().expect("relay does not panic"); // New in part 5
+        // The closure's `?` needs to know the closure's error type, and nothing else
+        // says it: `io::Result::Ok` (`Result<_, io::Error>`'s `Ok`) names it.
         io::Result::Ok((up, down)) // New in part 5
     }); // New in part 5
     let (up, down) = match result {
@@ -263,10 +283,10 @@ fn handle_client_connection(client: TcpStream, backend_addr: &str, backend_port:
 /// end of file on with a half-close. Returns the bytes copied; an error goes to `first`.
 /// (`read` needs `&mut self`, here a `&mut &TcpStream`: hence `mut` on shared references.)
 fn relay(
-    mut from: &TcpStream,
-    mut to: &TcpStream,
-    names: [&'static str; 2],
-    first: &FirstError,
+    mut from: &TcpStream,     // New in part 5
+    mut to: &TcpStream,       // New in part 5
+    names: [&'static str; 2], // New in part 5
+    first: &FirstError,       // New in part 5
 ) -> u64 {
     let mut buffer = [0u8; BUFFER_SIZE];
     let mut copied = 0;
@@ -281,8 +301,11 @@ fn relay(
         // Part 4's fix: a blocking `write_all` returns only when the kernel has taken every
         // byte, so a slow reader slows this thread down, and no byte is ever dropped.
         if let Err(e) = to.write_all(&buffer[..bytes_read]) {
-            break Err((names[1], e)); // New in part 5
-        }
+            // `to` has gone, but what it sent before it went is still readable: the other
+            // thread reads it and delivers it to `from`, so leave both sockets to it.
+            let _ = first.set((names[1], e)); // New in part 5
+            return copied; // New in part 5
+        } // New in part 5
         copied += bytes_read as u64;
     };
     match result {
@@ -293,6 +316,7 @@ fn relay(
         // On an error, shut both down: that wakes the other thread from its `read`. Record
         // the error FIRST: once we shut down, the other thread may fail too (a read from a
         // socket we shut down can end in a reset), and that is not how it all began.
+        // (`set` fails if the other thread's error came first: then we keep that one.)
         Err(error) => {
             let _ = first.set(error); // New in part 5
             let _ = from.shutdown(Shutdown::Both);

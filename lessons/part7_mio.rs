@@ -4,9 +4,12 @@
 //! (edge-triggered `e197936`, write queues `3aa769e`, queue ordering `ed011e6`), plus what
 //! the C never had: a high-water mark, so a slow client cannot make the proxy hold a whole
 //! response in memory. Four new ideas, each explained where it first appears, in capitals:
-//! THE EVENT LOOP and tokens (`run`), THE WRITE QUEUE (`Side`), THE HIGH-WATER MARK.
+//! THE EVENT LOOP and tokens (`run`), EDGE-TRIGGERED events (`run`, then `accept_all`),
+//! THE WRITE QUEUE (`Side`, `Connection::send`), THE HIGH-WATER MARK (`Connection::relay`).
 //!
-//! Changes since part 5 (the serving half is rewritten; config and logging are kept):
+//! Changes since part 5 (the serving half is rewritten; the config loader and the log
+//! format are kept, but only the banner and errors are logged: part 5's line per
+//! connection is gone, since nothing here counts a connection's bytes):
 //! - one thread with non-blocking sockets and a `mio::Poll` loop, instead of a pool and
 //!   blocking copies; a `Token` per socket and a `HashMap` replace the C's handler pointers;
 //! - what a socket refuses is queued, and queued bytes always go out first;
@@ -57,7 +60,7 @@ fn main() {
         process::exit(1);
     }
     // Like the C, a config error is one line on stderr and exit status 1.
-    let config = match load_config(&args[args.len() - 1]) {
+    let config = match load_config(&args[1]) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("{message}");
@@ -151,8 +154,8 @@ fn run(config: &Config) -> io::Result<()> {
         for event in events.iter() {
             if event.token() == LISTENER {
                 accept_all(&listener, &poll, backend, &mut connections, &mut next_id); // New in part 7
-                continue; // New in part 7
-            } // New in part 7
+                continue;
+            }
             // Where the C kept a handler pointer in each epoll entry, the token names the
             // connection and the map finds it. A connection closed earlier in this batch
             // may still have an event queued; ids are never reused, so that stale event
@@ -160,7 +163,7 @@ fn run(config: &Config) -> io::Result<()> {
             // `else` block runs, and must leave (`continue`, `return`, `break`).
             let id = event.token().0 / 2; // New in part 7
             let Some(connection) = connections.get_mut(&id) else {
-                continue;
+                continue; // New in part 7
             }; // New in part 7
             // EDGE-TRIGGERED (mio always is): an event says only "something changed", once,
             // so we do all a connection can do now, each step until `WouldBlock`.
@@ -170,10 +173,10 @@ fn run(config: &Config) -> io::Result<()> {
             // Finished, or failed: dropping closes both sockets, and epoll forgets them.
             if pumped.unwrap_or(true) {
                 connections.remove(&id); // New in part 7
-            }
-        } // New in part 7
-    } // New in part 7
-} // New in part 7
+            } // New in part 7
+        }
+    }
+}
 
 /// Accepts every waiting client (edge-triggered: until `WouldBlock`) and connects it to
 /// the backend. A failure costs that one client, never the loop.
@@ -196,7 +199,7 @@ fn accept_all(
         let Ok(mut server) = server else {
             // `client` is dropped here, so closed.
             continue; // New in part 7
-        };
+        }; // New in part 7
         // Both interests, once: edge-triggered, an unused WRITABLE costs one wake-up, not
         // one per loop as the C's level-triggered EPOLLOUT did.
         let (id, both) = (*next_id, Interest::READABLE | Interest::WRITABLE); // New in part 7
@@ -208,12 +211,12 @@ fn accept_all(
         if let Err(e) = registered {
             error!("Could not register: {e}"); // New in part 7
             continue; // New in part 7
-        }
+        } // New in part 7
         let streams = [client, server]; // New in part 7
         let sides = Default::default(); // New in part 7
         connections.insert(id, Connection { streams, sides }); // New in part 7
     }
-} // New in part 7
+}
 
 /// Connects with std's blocking `connect` (it tries each address of the name), then hands
 /// the socket to mio, non-blocking from here on.
@@ -243,14 +246,17 @@ struct Connection {
     /// The two sockets, indexed by `CLIENT` and `BACKEND`, and their states.
     streams: [TcpStream; 2], // New in part 7
     sides: [Side; 2], // New in part 7
-}
+} // New in part 7
 
 impl Connection {
     /// Does all the work the sockets allow right now. Returns whether the connection is
     /// finished: both directions have ended and every byte has been delivered.
     fn pump(&mut self) -> io::Result<bool> {
-        self.relay(CLIENT)?; // New in part 7
-        self.relay(BACKEND)?; // New in part 7
+        let up = self.relay(CLIENT); // New in part 7
+        // Even if writing to the backend failed: what it sent before its reset is still
+        // readable, and must reach the client before the connection is dropped.
+        let down = self.relay(BACKEND); // New in part 7
+        up.and(down)?; // New in part 7
         Ok(self.sides.iter().all(|side| side.write_closed)) // New in part 7
     } // New in part 7
 
@@ -297,7 +303,7 @@ impl Connection {
                 // E.g. BrokenPipe (no SIGPIPE)
                 Err(e) => return Err(e), // New in part 7
             }; // New in part 7
-        }
+        } // New in part 7
         // Queue, never drop.
         side.queue.extend(&data[written..]); // New in part 7
         Ok(()) // New in part 7
@@ -310,6 +316,8 @@ impl Connection {
         while !side.queue.is_empty() {
             // `as_slices().0` is the queue's first contiguous run of bytes.
             match self.streams[to].write(side.queue.as_slices().0) {
+                // A socket that takes 0 of our bytes would keep this loop spinning: std's
+                // `write_all` calls that an error, `WriteZero`, and so do we.
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()), // New in part 7
                 // Forget what was taken.
                 Ok(n) => drop(side.queue.drain(..n)), // New in part 7
@@ -317,11 +325,13 @@ impl Connection {
                 Err(e) => return Err(e),              // New in part 7
             } // New in part 7
         } // New in part 7
+        // Copy the two values out of `side`: it is a `&mut` into `self.sides`, and once it
+        // is no longer used its borrow ends, so the lines below may borrow `self` again.
         let (queued, fin_sent) = (side.queue.len(), side.write_closed); // New in part 7
         let source = &mut self.sides[1 - to]; // New in part 7
         if queued <= HIGH_WATER / 2 {
             source.paused = false; // New in part 7
-        } // New in part 7
+        }
         // Deferred close: the FIN goes out only after every queued byte. It is a
         // half-close (`shutdown(Write)`): the other direction keeps flowing.
         if queued == 0 && source.read_closed && !fin_sent {

@@ -1,8 +1,9 @@
 //! The configuration: `proxy.lua` read once at start into a plain Rust struct.
 //!
-//! All the Lua code of rsp lives in this file: [`load`] runs the config in a fresh Lua
-//! state that has only the `string`, `table` and `math` libraries, copies every global the
-//! file set into plain Rust values, and drops the state (an `rlua::Lua` is not `Send`, a
+//! All the Lua code of rsp lives in this file: [`load`] runs the config, as text only (no
+//! bytecode, which Lua does not verify), in a fresh Lua state that has only the `string`,
+//! `table` and `math` libraries, copies every global the file set into plain Rust
+//! values, and drops the state (an `rlua::Lua` is not `Send`, a
 //! [`Config`] is). Checking those values and filling in defaults is plain Rust, in
 //! `src/config/validate.rs` (numbers, names, unknown keys) and `src/config/address.rs`
 //! (`listen`, `backends` and the blog's part-3 keys). rlua 0.20 is a thin wrapper over
@@ -12,16 +13,24 @@
 //! for Lua errors, `proxy.lua: workers: …` for a bad value.
 
 mod address;
+mod balance;
+pub(crate) use balance::show_health_check;
+mod deadline;
 mod validate;
+
+pub(crate) use deadline::note_step;
+use deadline::read_with_deadline;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use rlua::{Error as LuaError, HookTriggers, Lua, LuaOptions, Result as LuaResult, StdLib, Value};
+use rlua::{
+    ChunkMode, Error as LuaError, Function, HookTriggers, Lua, LuaOptions, Result as LuaResult,
+    StdLib, Value,
+};
 
 use validate::Raw;
 
@@ -51,6 +60,9 @@ pub struct Backend {
     pub name: String,
     /// The address resolved once at start.
     pub addr: SocketAddr,
+    /// Its share of clients against the others' (`{ "host:port", weight = 3 }`); 1 if
+    /// not set.
+    pub weight: u32,
 }
 
 /// Everything rsp needs to run, with defaults filled in.
@@ -71,8 +83,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Close a connection with no bytes either way for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
-    /// Close a client that has sent nothing for this long after it was accepted; `None` =
-    /// never. After its first byte only `idle_timeout` applies.
+    /// Close a connection on which no byte has moved either way this long after the
+    /// client was accepted; `None` = never. After the first byte either way only
+    /// `idle_timeout` applies.
     pub client_timeout: Option<Duration>,
     /// How long a backend that failed to connect is skipped.
     pub backend_retry: Duration,
@@ -89,6 +102,10 @@ pub struct Config {
     pub loops: usize,
     /// Where the stats page and `/metrics` listen ([`crate::stats`]); `None` = off.
     pub stats: Option<SocketAddr>,
+    /// How clients are spread over the backends.
+    pub balance: crate::balancer::Balance,
+    /// Active health checks (`health_check = { … }`); `None` = off.
+    pub health_check: Option<crate::health::Settings>,
 }
 
 impl Config {
@@ -111,6 +128,8 @@ impl Config {
             max_buffered: 256 * 1024,
             loops: default_loops(),
             stats: None,
+            balance: crate::balancer::Balance::RoundRobin,
+            health_check: None,
         }
     }
 }
@@ -143,11 +162,7 @@ impl Loaded {
     pub fn describe(&self) -> String {
         let c = &self.config;
         let secs = |d: Duration| d.as_secs_f64().to_string();
-        let names: Vec<String> = c
-            .backends
-            .iter()
-            .map(|b| format!("\"{}\"", b.name))
-            .collect();
+        let names: Vec<String> = c.backends.iter().map(balance::show_backend).collect();
         let lines = [
             ("listen", format!("\"{}\"", c.listen)),
             ("backends", format!("{{ {} }}", names.join(", "))),
@@ -165,6 +180,11 @@ impl Loaded {
             ("mode", format!("\"{}\"", c.mode.name())),
             ("loops", c.loops.to_string()),
             ("max_buffered", c.max_buffered.to_string()),
+            ("balance", format!("\"{}\"", c.balance.name())),
+            (
+                "health_check",
+                balance::show_health_check(c.health_check.as_ref()),
+            ),
             (
                 "stats",
                 c.stats.map_or("nil".into(), |a| format!("\"{a}\"")),
@@ -172,6 +192,11 @@ impl Loaded {
         ];
         let mut out = String::new();
         for (key, value) in lines {
+            if key == "health_check" && self.defaulted.contains(&key) {
+                // Off: shown commented out, so the description still reads back the same.
+                out += &format!("-- {key} = {value}  -- default: off; set it to turn checks on\n");
+                continue;
+            }
             out += &format!("{key} = {value}");
             if key == "workers" && self.defaulted.contains(&key) {
                 out += &format!("  -- default: {}", self.workers_why);
@@ -246,53 +271,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Runs and checks config `source`; `file` names it in messages (normally its path).
 ///
-/// Nothing in the file can make this take much longer than `TIME_LIMIT`: see
-/// `run_lua_with_deadline`.
+/// Nothing in the file can make this take much longer than 5 seconds, whatever step is
+/// slow: see `read_with_deadline` in `src/config/deadline.rs`.
 pub fn parse(source: &[u8], file: &str) -> Result<Loaded, ConfigError> {
-    let globals =
-        run_lua_with_deadline(source, file).map_err(|e| ConfigError::Lua(one_line(&e, file)))?;
-    validate::build(file, &globals)
-}
-
-/// A config runs in well under a second; past this it is stuck in a loop.
-const TIME_LIMIT: Duration = Duration::from_secs(5);
-
-/// [`run_lua`] on a thread of its own, given [`TIME_LIMIT`] for everything: running the
-/// chunk, reading the globals and dropping the Lua state. If the time is up, the error
-/// comes back at once and the thread is left behind, stuck; the caller (`rsp` and
-/// `rsp --check`) then exits, which ends it.
-///
-/// The instruction hook in [`run_lua`] stops a plain endless loop with a Lua error, but
-/// three things escape it, so this watchdog is the guarantee and the hook only the polite
-/// first try: `pcall` catches the hook's error like any other and loops on; a `__gc`
-/// finalizer runs when the state is dropped, after the hook is gone; and one long call
-/// into C (`string.find` backtracking on a nasty pattern) never returns to Lua, where
-/// hooks run. Lua cannot be stopped from outside safely, so the thread is abandoned
-/// rather than killed. The Lua state is created on that thread: `rlua::Lua` is not
-/// `Send`, the plain values it returns are.
-fn run_lua_with_deadline(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
-    let (done, result) = std::sync::mpsc::channel();
-    let (source, name) = (source.to_vec(), file.to_string());
-    let reader = std::thread::Builder::new()
-        .name("config".into())
-        .spawn(move || {
-            // `run_lua` has dropped its Lua state (finalizers and all) before this send.
-            let _ = done.send(run_lua(&source, &name));
-        })
-        .map_err(LuaError::external)?;
-    match result.recv_timeout(TIME_LIMIT) {
-        // The thread has nothing left to do but end; waiting for it means rsp's thread
-        // count is final by the time it prints its banner.
-        Ok(globals) => {
-            let _ = reader.join();
-            globals
-        }
-        Err(RecvTimeoutError::Timeout) => Err(LuaError::runtime(TIMEOUT_MESSAGE)),
-        // The thread ended without sending: it panicked (a bug in rsp or rlua).
-        Err(RecvTimeoutError::Disconnected) => Err(LuaError::runtime(
-            "rsp failed while reading the config (a bug; please report it)",
-        )),
-    }
+    read_with_deadline(source, file)
 }
 
 /// Far more memory than any config needs, so a runaway config fails instead of swapping.
@@ -300,8 +282,20 @@ const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 /// Base-library functions that read files; a config gets none (the C's had no libraries).
 const REMOVED_FUNCTIONS: [&str; 3] = ["dofile", "loadfile", "require"];
 
-/// Runs the file and returns every global it set, as plain Rust values.
-fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
+/// `load` for a config: Lua's own, but text only. Lua does not verify bytecode, so a
+/// crafted binary chunk can crash the process or escape the sandbox; mode `"t"` makes
+/// `load` refuse one ("attempt to load a binary chunk"). An `env` argument is passed on
+/// only if given: `load(s, name, mode, nil)` and `load(s, name, mode)` differ in Lua.
+const TEXT_ONLY_LOAD: &str = r#"
+local load, select = load, select
+return function(chunk, name, _, ...)
+  if select('#', ...) > 0 then return load(chunk, name, "t", (...)) end
+  return load(chunk, name, "t")
+end"#;
+
+/// Runs the file and returns every global it set, as plain Rust values. The hook stops
+/// Lua code at `deadline`.
+fn run_lua(source: &[u8], file: &str, deadline: Instant) -> LuaResult<BTreeMap<String, Raw>> {
     let lua = Lua::new_with(
         StdLib::STRING | StdLib::TABLE | StdLib::MATH,
         LuaOptions::default(),
@@ -310,17 +304,22 @@ fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
     for name in REMOVED_FUNCTIONS {
         lua.globals().set(name, Value::Nil)?;
     }
+    let text_only_load: Function = lua.load(TEXT_ONLY_LOAD).set_mode(ChunkMode::Text).eval()?;
+    lua.globals().set("load", text_only_load)?;
     // Lua's own globals (print, string, _G, …) are not config keys: remember them.
     let builtins: HashSet<String> = global_names(&lua)?.into_iter().collect();
-    let started = Instant::now();
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(100_000),
-        move |_, _| match started.elapsed() > TIME_LIMIT {
+        move |_, _| match Instant::now() > deadline {
             true => Err(LuaError::runtime(TIMEOUT_MESSAGE)),
             false => Ok(()),
         },
     );
-    lua.load(source).set_name(format!("@{file}")).exec()?;
+    // Text only, like `load`: a precompiled file is refused, not run unverified.
+    lua.load(source)
+        .set_name(format!("@{file}"))
+        .set_mode(ChunkMode::Text)
+        .exec()?;
     // The hook stays on while the globals are read: a metatable's `__index` can run Lua.
     let mut values = BTreeMap::new();
     for pair in lua.globals().pairs::<Value, Value>() {
@@ -328,7 +327,7 @@ fn run_lua(source: &[u8], file: &str) -> LuaResult<BTreeMap<String, Raw>> {
         if let Value::String(key) = key {
             let key = key.to_string_lossy().into_owned();
             if !builtins.contains(&key) {
-                values.insert(key, to_raw(&value, true)?);
+                values.insert(key, to_raw(&value, 2)?);
             }
         }
     }
@@ -350,20 +349,34 @@ fn global_names(lua: &Lua) -> LuaResult<Vec<String>> {
     Ok(names)
 }
 
-/// Copies a Lua value out of the state. Tables are copied one level deep (`backends` is
-/// a list of strings; nothing in a config nests deeper).
-fn to_raw(value: &Value, top: bool) -> LuaResult<Raw> {
+/// Copies a Lua value out of the state. Tables are copied `depth` levels deep: a global
+/// and one table inside it (`backends = { { "host:port", weight = 3 } }`); nothing in a
+/// config nests deeper.
+fn to_raw(value: &Value, depth: u8) -> LuaResult<Raw> {
     Ok(match value {
         Value::Integer(i) => Raw::Number(*i as f64),
         Value::Number(n) => Raw::Number(*n),
         Value::String(s) => Raw::Str(s.to_string_lossy().into_owned()),
-        Value::Table(table) if top => {
+        Value::Table(table) if depth > 0 => {
             let mut items = Vec::new();
             for item in table.clone().sequence_values::<Value>() {
-                items.push(to_raw(&item?, false)?);
+                items.push(to_raw(&item?, depth - 1)?);
+            }
+            let mut named = Vec::new();
+            for pair in table.clone().pairs::<Value, Value>() {
+                if let (Value::String(key), value) = pair? {
+                    named.push((
+                        key.to_string_lossy().into_owned(),
+                        to_raw(&value, depth - 1)?,
+                    ));
+                }
             }
             let only_list = table.clone().pairs::<Value, Value>().count() == items.len();
-            Raw::Table { items, only_list }
+            Raw::Table {
+                items,
+                only_list,
+                named,
+            }
         }
         other => Raw::Other(other.type_name()),
     })
@@ -386,6 +399,17 @@ fn one_line(error: &LuaError, file: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     let text = text.join(" ");
+    if let Some(start) = text.find("attempt to load a binary chunk") {
+        // From the file itself there is no line; from `assert(load(…))`, there may be.
+        let place = match &text[..start] {
+            "" => format!("{file}: "),
+            place => place.to_string(),
+        };
+        return format!(
+            "{place}precompiled Lua (bytecode) is refused: a config, and anything it \
+             loads, must be Lua source text"
+        );
+    }
     if let Some(text) = missing_library(&text) {
         return text;
     }

@@ -11,12 +11,13 @@
 //! | concept | module |
 //! |---|---|
 //! | reading `proxy.lua` (all the Lua code) | [`config`] |
-//! | timestamped log lines | [`logging`] |
+//! | timestamped log lines, written by one thread through a bounded queue | [`logging`] |
 //! | picking the mode from the config | [`server`] |
 //! | the listening socket, banner, connection limit, accept errors | [`listen`] |
 //! | what the machine can hold: the open-files limit, the default `workers` | [`capacity`] |
 //! | Ctrl-C / SIGTERM flag, waking a blocked loop, the drain's log lines | [`shutdown`] |
-//! | round-robin backends, skipping those that failed | [`balancer`] |
+//! | which backend: weighted round robin or least connections, skipping those down | [`balancer`] |
+//! | active health checks on their own thread: UP/DOWN after `rise`/`fall` probes | [`health`] |
 //! | running out of file descriptors: recognising it, the retry pace | [`fds`] |
 //! | how a connection ended, its one-line summary | [`outcome`] |
 //! | counters, the stats page and `/metrics` (`stats = "127.0.0.1:8001"`) | [`stats`] |
@@ -35,6 +36,7 @@ pub mod config;
 #[cfg(feature = "mio")]
 pub mod event_loop;
 pub mod fds;
+pub mod health;
 pub mod listen;
 pub mod logging;
 pub mod outcome;

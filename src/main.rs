@@ -19,6 +19,9 @@ usage: rsp [CONFIG]           run the proxy with CONFIG (default: proxy.lua)
        rsp --help             show this help
        rsp --version          show the version";
 
+/// How long a normal exit waits for queued log lines to be written.
+const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the command line asked for.
 enum Command {
     Run(PathBuf),
@@ -97,7 +100,11 @@ fn run(path: &std::path::Path) -> ExitCode {
     // printed straight to stderr.
     print_warnings(&loaded.warnings);
     rsp::logging::init(loaded.config.log_level);
-    match rsp::server::run(loaded.config, Some(path.to_path_buf())) {
+    let result = rsp::server::run(loaded.config, Some(path.to_path_buf()));
+    // Lines are written by a thread of their own (`logging`): let it finish, but never
+    // wait long for a log nobody reads.
+    rsp::logging::flush(LOG_FLUSH);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("rsp: {error}");

@@ -18,7 +18,7 @@ pub enum Outcome {
     BackendReset,
     /// No byte moved in either direction for `idle_timeout`.
     IdleTimeout,
-    /// The client sent nothing for `client_timeout` after it was accepted.
+    /// No byte moved either way for `client_timeout` after the client was accepted.
     ClientTimeout,
     /// No backend accepted the connection.
     ConnectFailed,
@@ -70,6 +70,40 @@ impl Outcome {
             8 => Outcome::ClientTimeout,
             _ => return None,
         })
+    }
+}
+
+/// How a connection's two sockets are closed: `true` for a reset (`SO_LINGER` 0, an RST),
+/// `false` for a normal close (a FIN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    /// Reset the client.
+    pub client: bool,
+    /// Reset the backend.
+    pub backend: bool,
+}
+
+impl Outcome {
+    /// The one rule for how a connection ends, in both modes. `moved`: a byte moved on the
+    /// connection, either way, at any time.
+    /// - A peer's reset is passed on as a reset to the other peer, after the bytes it sent
+    ///   before it (the caller's job: it ends the connection only then).
+    /// - A connection rsp ends on its own (idle or client timeout, the drain's deadline, a
+    ///   second signal, a panic) is reset both ways once a byte has moved: a truncated
+    ///   transfer must never look complete, and rsp cannot tell a pause between requests
+    ///   from a pause inside one. With nothing moved, both get a plain close.
+    /// - Otherwise (`eof`, `connect failed`) a FIN: a peer's own FIN passed on.
+    pub fn ends(self, moved: bool) -> Ends {
+        let (client, backend) = match self {
+            Outcome::ClientReset => (false, true),
+            Outcome::BackendReset => (true, false),
+            Outcome::IdleTimeout
+            | Outcome::ClientTimeout
+            | Outcome::Shutdown
+            | Outcome::InternalError => (moved, moved),
+            Outcome::Eof | Outcome::ConnectFailed => (false, false),
+        };
+        Ends { client, backend }
     }
 }
 
@@ -159,6 +193,26 @@ mod tests {
             summary.to_string(),
             "conn 17 127.0.0.1:51234 -> 127.0.0.1:8888: 78 B up, 11534336 B down, 1.234 s, eof"
         );
+    }
+
+    #[test]
+    fn a_cut_is_a_reset_both_ways_once_a_byte_moved() {
+        let both = |o: Outcome, moved| {
+            let ends = o.ends(moved);
+            (ends.client, ends.backend)
+        };
+        for cut in [
+            Outcome::IdleTimeout,
+            Outcome::ClientTimeout,
+            Outcome::Shutdown,
+            Outcome::InternalError,
+        ] {
+            assert_eq!(both(cut, true), (true, true), "{cut}");
+            assert_eq!(both(cut, false), (false, false), "{cut}");
+        }
+        assert_eq!(both(Outcome::ClientReset, true), (false, true));
+        assert_eq!(both(Outcome::BackendReset, true), (true, false));
+        assert_eq!(both(Outcome::Eof, true), (false, false));
     }
 
     #[test]

@@ -10,8 +10,13 @@
 //! ([`crate::config::load`]). A bad file changes nothing: one error line (file, line,
 //! reason) and rsp keeps serving. Keys that cannot change in place (`listen`, `mode`,
 //! `loops`, `workers`, `stats`, `log_level`, `drain_timeout`) keep their old value, one
-//! warning line each. A backend that stays (same name and address) keeps its counters
-//! and its balancer state (down mark). One info line says what changed.
+//! warning line each. `balance`, `weights` and `health_check` apply: a new balancer
+//! ([`Balancer::reloaded`]) keeps the node of each backend that stays (same name and
+//! address), so its health state (UP/DOWN), its skip after a failed connect and its
+//! count of open connections carry over, and connections in flight keep counting on it;
+//! it keeps its counters too. The health-check thread follows: the old one is stopped
+//! and one is started on the new backends (with the new `health_check`, if any). One
+//! info line says what changed.
 //!
 //! Why `signal-hook` for SIGHUP and SIGTERM, and `ctrlc` only for Ctrl-C: `ctrlc`'s
 //! `termination` feature sends SIGTERM *and* SIGHUP to the Ctrl-C handler, and a SIGHUP
@@ -22,14 +27,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use signal_hook::consts::{SIGHUP, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Lease};
 use crate::config::{self, Config};
+use crate::health::Checker;
 use crate::stats::{BackendStats, Stats};
 
 /// The configuration new connections get.
@@ -37,10 +43,20 @@ use crate::stats::{BackendStats, Stats};
 pub struct InForce {
     /// The settings.
     pub config: Config,
-    /// Round robin over `config.backends`.
+    /// The balancer over `config.backends` (their nodes, index for index).
     pub balancer: Arc<Balancer>,
     /// The counters of `config.backends`, index for index.
     pub backends: Vec<Arc<BackendStats>>,
+}
+
+impl InForce {
+    /// The counters of `lease`'s backend (a lease from this balancer: `backends` and the
+    /// balancer's nodes are made together, index for index, and never empty).
+    pub fn stats_of(&self, lease: &Lease) -> Arc<BackendStats> {
+        let nodes = self.balancer.nodes();
+        let index = nodes.iter().position(|n| Arc::ptr_eq(n, lease.node()));
+        Arc::clone(&self.backends[index.unwrap_or(0)])
+    }
 }
 
 /// The configuration in force, swapped whole by a reload.
@@ -52,13 +68,26 @@ pub struct Current {
     /// The config file, read again on SIGHUP; `None`: reload is off.
     path: Option<PathBuf>,
     stats: Arc<Stats>,
+    /// The health checks of the balancer in force (`None` inside once stopped for good).
+    health: Mutex<Health>,
+}
+
+/// The health-check thread in force, and whether the checks were stopped for good.
+#[derive(Debug, Default)]
+struct Health {
+    checker: Option<Checker>,
+    stopped: bool,
 }
 
 impl Current {
     /// `config` in force, read from `path` (`None`: never reloaded), counted in `stats`.
     pub fn new(config: Config, path: Option<PathBuf>, stats: Arc<Stats>) -> Arc<Current> {
-        let balancer = Arc::new(Balancer::new(config.backends.clone(), config.backend_retry));
-        let backends = stats.for_backends(&config.backends);
+        let balancer = Arc::new(Balancer::new(
+            config.backends.clone(),
+            config.backend_retry,
+            config.balance,
+        ));
+        let backends = stats.for_backends(balancer.nodes());
         let now = RwLock::new(Arc::new(InForce {
             config,
             balancer,
@@ -69,7 +98,29 @@ impl Current {
             generation: AtomicU64::new(0),
             path,
             stats,
+            health: Mutex::default(),
         })
+    }
+
+    /// Starts the health checks of the balancer in force, if `health_check` is set.
+    pub fn start_health_checks(&self) -> std::io::Result<()> {
+        let now = self.get();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if !health.stopped {
+            health.checker = None; // stops a thread already running first
+            health.checker = Some(Checker::start(
+                &now.balancer,
+                now.config.health_check.as_ref(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Stops the health checks for good (at shutdown): a reload after this starts none.
+    pub fn stop_health_checks(&self) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.stopped = true;
+        health.checker = None; // dropping it stops and joins the thread
     }
 
     /// What is in force now; kept by a connection from its start to its end.
@@ -94,6 +145,9 @@ impl Current {
             Ok(changes) => {
                 self.stats.reloaded(true);
                 log::info!("reload: {changes}");
+                if let Err(error) = self.start_health_checks() {
+                    log::error!("reload: cannot start the health checks: {error}");
+                }
             }
             Err(error) => {
                 self.stats.reloaded(false);
@@ -114,10 +168,14 @@ impl Current {
             new.workers = old.config.workers; // Measured from the machine: not a change.
         }
         keep_fixed(&old.config, &mut new);
-        let mut balancer = Balancer::new(new.backends.clone(), new.backend_retry);
-        balancer.keep_state_from(&old.balancer);
+        let balancer = Balancer::reloaded(
+            new.backends.clone(),
+            new.backend_retry,
+            new.balance,
+            &old.balancer,
+        );
         let changes = changes(&old.config, &new);
-        let backends = self.stats.for_backends(&new.backends);
+        let backends = self.stats.for_backends(balancer.nodes());
         let next = Arc::new(InForce {
             config: new,
             balancer: Arc::new(balancer),
@@ -176,10 +234,26 @@ fn changes(old: &Config, new: &Config) -> String {
         .filter(|o| !new.backends.iter().any(|b| same(o, b)));
     let (added, removed) = (added.count(), removed.count());
     let mut parts = Vec::new();
+    let names = |c: &Config| -> Vec<(String, std::net::SocketAddr)> {
+        c.backends
+            .iter()
+            .map(|b| (b.name.clone(), b.addr))
+            .collect()
+    };
     if added + removed > 0 {
         parts.push(format!("backends +{added} -{removed}"));
-    } else if old.backends != new.backends {
+    } else if names(old) != names(new) {
         parts.push("backends reordered".to_string());
+    }
+    let weight =
+        |c: &Config, b: &config::Backend| c.backends.iter().find(|o| same(o, b)).map(|o| o.weight);
+    let reweighted = new
+        .backends
+        .iter()
+        .filter(|b| weight(old, b).is_some_and(|w| w != b.weight));
+    match reweighted.count() {
+        0 => {}
+        n => parts.push(format!("weights of {n} backend(s)")),
     }
     for ((key, a), (_, b)) in settings(old).into_iter().zip(settings(new)) {
         if a != b {
@@ -193,7 +267,7 @@ fn changes(old: &Config, new: &Config) -> String {
 }
 
 /// The keys a reload can change (besides `backends`), as `--check` prints them.
-fn settings(c: &Config) -> [(&'static str, String); 6] {
+fn settings(c: &Config) -> [(&'static str, String); 8] {
     let secs = |d: Duration| d.as_secs_f64().to_string();
     let off = |d: Option<Duration>| d.map_or("0".to_string(), secs);
     [
@@ -203,6 +277,13 @@ fn settings(c: &Config) -> [(&'static str, String); 6] {
         ("backend_retry", secs(c.backend_retry)),
         ("buffer_size", c.buffer_size.to_string()),
         ("max_buffered", c.max_buffered.to_string()),
+        ("balance", c.balance.name().to_string()),
+        (
+            "health_check",
+            c.health_check
+                .as_ref()
+                .map_or("off".to_string(), |h| config::show_health_check(Some(h))),
+        ),
     ]
 }
 
@@ -234,6 +315,7 @@ mod tests {
         Backend {
             name: format!("127.0.0.1:{port}"),
             addr: ([127, 0, 0, 1], port).into(),
+            weight: 1,
         }
     }
 
@@ -250,6 +332,13 @@ mod tests {
         assert_eq!(changes(&old, &new), "backends +2 -1, idle_timeout 300 → 60");
         assert_eq!(changes(&old, &config(&[2, 1])), "backends reordered");
         assert_eq!(changes(&old, &old.clone()), "no change");
+        let mut heavier = config(&[1, 2]);
+        heavier.backends[1].weight = 3;
+        heavier.balance = crate::balancer::Balance::LeastConn;
+        assert_eq!(
+            changes(&old, &heavier),
+            "weights of 1 backend(s), balance roundrobin → leastconn"
+        );
     }
 
     #[test]

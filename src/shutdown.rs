@@ -1,27 +1,48 @@
 //! Ctrl-C and SIGTERM: stop accepting, let open connections drain, exit.
 //!
-//! The `ctrlc` crate runs our handler on its own thread (SIGTERM runs the same handler
-//! from the signal thread of [`crate::reload`]: `ctrlc` takes only SIGINT). The main
-//! thread may be blocked in `accept()`, and a flag alone would not wake it, so the
-//! handler also calls a `wake` function: threads mode connects to its own listen address
-//! ([`wake_listener`]), an event loop would use its `mio::Waker`. What to do after waking
-//! (close the listener, drain, cut) is up to the mode; this module only owns the flag and
-//! the signal handler.
-//! A second signal exits at once with status 130 (128 + SIGINT), as shells do, after the
-//! mode has reset every open connection ([`Shutdown::on_second_signal`]): a process that
-//! just exits would close them with a FIN, and a cut-off transfer would look complete.
+//! The `ctrlc` crate runs our handler on its own thread for Ctrl-C (SIGINT); SIGTERM
+//! runs the same handler from the signal thread of [`crate::reload`] (`ctrlc` takes only
+//! SIGINT, so that SIGHUP can reload). The main thread may be blocked in `accept()`, and
+//! a flag alone would not wake it, so the handler also calls a `wake` function: threads
+//! mode connects to its own listen address ([`ListenerWake`]), an event loop would use
+//! its `mio::Waker`. What to do after waking (accept the backlog, close the listener,
+//! drain, cut) is up to the mode; this module only owns the flag and the signal handler.
+//! The handler sets its flags and wakes the mode *before* it logs: a log line may have to
+//! wait (see [`crate::logging`]), a stop must not.
+//!
+//! A second signal (Ctrl-C or SIGTERM, in any mix) exits with status 130 (128 + SIGINT),
+//! as shells do, within [`SECOND_SIGNAL_LIMIT`], after the mode has reset every open
+//! connection ([`Shutdown::on_second_signal`]): a process that just exits would close
+//! them with a FIN, and a cut-off transfer would look complete. Its last log line says
+//! how many connections it cut.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
 
 /// The exit status used when a second signal cuts the drain short.
 pub const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
 
+/// A second signal ends the process within this time, whatever the log is doing.
+pub const SECOND_SIGNAL_LIMIT: Duration = Duration::from_secs(1);
+
+/// Of [`SECOND_SIGNAL_LIMIT`], the time the mode gets to reset its connections (and let
+/// their summary lines be logged)...
+const SECOND_SIGNAL_CUT: Duration = Duration::from_millis(600);
+
+/// ... then until this time the log gets to be written out; the rest is for the exit
+/// itself (the kernel closing thousands of sockets and threads takes a while).
+const SECOND_SIGNAL_FLUSH: Duration = Duration::from_millis(800);
+
 /// What the second signal runs before the process exits (see [`Shutdown::on_second_signal`]).
-type ExitHook = Box<dyn Fn() + Send>;
+type ExitHook = Box<dyn Fn(Instant) -> usize + Send>;
+
+/// What a signal runs: the first one stops, the second exits.
+type Handler = Arc<dyn Fn() + Send + Sync>;
 
 /// The "we are shutting down" flag, shared by the signal handler and the server.
 #[derive(Default)]
@@ -35,8 +56,9 @@ pub struct Shutdown {
     /// Run by the second signal before exiting: resets the open connections.
     exit_hook: Mutex<Option<ExitHook>>,
     /// What a signal does (set by [`Shutdown::install_handler`]); SIGTERM arrives on the
-    /// signal thread of [`crate::reload`] and runs it through [`Shutdown::signal`].
-    handler: Mutex<Option<ExitHook>>,
+    /// signal thread of [`crate::reload`] and runs it through [`Shutdown::signal`]. Not
+    /// locked while it runs: a second signal on the other thread must not wait for it.
+    handler: std::sync::OnceLock<Handler>,
 }
 
 impl std::fmt::Debug for Shutdown {
@@ -67,9 +89,9 @@ impl Shutdown {
 
     /// Sets what the second signal runs (on the handler's thread) before the process
     /// exits: it must reset every open connection (`SO_LINGER` 0), as `exit` closes the
-    /// sockets and a plain close sends a FIN. It may block briefly (e.g. until an event
-    /// loop has done it and exited by itself).
-    pub fn on_second_signal(&self, hook: impl Fn() + Send + 'static) {
+    /// sockets and a plain close sends a FIN, and return how many it cut. It may wait (for
+    /// the connections' threads or event loops) until the deadline it is given, no longer.
+    pub fn on_second_signal(&self, hook: impl Fn(Instant) -> usize + Send + 'static) {
         *self.exit_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
     }
 
@@ -78,41 +100,64 @@ impl Shutdown {
         !self.stopping.swap(true, Ordering::SeqCst)
     }
 
-    /// Runs what Ctrl-C runs (for SIGTERM, which `ctrlc` no longer takes: see
+    /// Runs what Ctrl-C runs (for SIGTERM, which `ctrlc` does not take: see
     /// [`crate::reload`]).
     pub fn signal(&self) {
-        if let Some(handler) = &*self.handler.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(handler) = self.handler.get() {
             handler();
         }
     }
 
     /// Installs the process's Ctrl-C handler (SIGTERM comes through [`Shutdown::signal`]).
-    /// The first signal sets the
-    /// flag and calls `wake`; the second exits with [`SECOND_SIGNAL_EXIT_CODE`]. Fails if a
-    /// handler is already installed (the `ctrlc` crate allows one per process).
+    /// The first signal sets the flag, calls `wake`, then logs; the second sets `exiting`,
+    /// runs the hook set with [`Shutdown::on_second_signal`], logs how many connections it
+    /// cut and exits with [`SECOND_SIGNAL_EXIT_CODE`] within [`SECOND_SIGNAL_LIMIT`]. Fails
+    /// if a handler is already installed (the `ctrlc` crate allows one per process).
     pub fn install_handler<F>(self: &Arc<Self>, wake: F) -> io::Result<()>
     where
-        F: Fn() + Send + 'static,
+        F: Fn() + Send + Sync + 'static,
     {
         let this = Arc::clone(self);
         let handler = move || {
             if this.signals.fetch_add(1, Ordering::SeqCst) == 0 {
-                log::info!("Signal received: stopping. A second Ctrl-C exits at once.");
                 this.begin();
                 wake();
+                log::info!(
+                    "Signal received: stopping. A second Ctrl-C resets every connection and exits."
+                );
             } else {
-                log::warn!("Second signal: exiting now without draining.");
-                this.exiting.store(true, Ordering::SeqCst);
-                if let Some(hook) = &*this.exit_hook.lock().unwrap_or_else(|e| e.into_inner()) {
-                    hook();
-                }
-                std::process::exit(SECOND_SIGNAL_EXIT_CODE);
+                this.exit_now();
             }
         };
-        *self.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(handler));
+        let _ = self.handler.set(Arc::new(handler));
         let this = Arc::clone(self);
         ctrlc::set_handler(move || this.signal())
             .map_err(|e| io::Error::other(format!("cannot install the Ctrl-C handler: {e}")))
+    }
+
+    /// The second signal: resets every connection (the hook), logs how many, writes out
+    /// what the log can take in the time left, and exits.
+    fn exit_now(&self) -> ! {
+        let start = Instant::now();
+        self.exiting.store(true, Ordering::SeqCst);
+        let hook = self.exit_hook.lock().unwrap_or_else(|e| e.into_inner());
+        let cut = hook
+            .as_ref()
+            .map_or(0, |hook| hook(start + SECOND_SIGNAL_CUT));
+        log::warn!("Second signal: {cut} connection(s) cut (reset); exiting.");
+        crate::logging::flush(
+            (start + SECOND_SIGNAL_FLUSH).saturating_duration_since(Instant::now()),
+        );
+        std::process::exit(SECOND_SIGNAL_EXIT_CODE);
+    }
+}
+
+/// For a thread that finished its part of the drain but finds that a second signal came
+/// meanwhile: the signal handler is cutting the connections and will end the process with
+/// [`SECOND_SIGNAL_EXIT_CODE`] (and the right last log line); returning would exit 0.
+pub fn wait_for_exit() -> ! {
+    loop {
+        std::thread::park();
     }
 }
 
@@ -196,11 +241,45 @@ pub fn wake_address(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-/// Wakes a thread blocked in `accept()` on `addr` by connecting to it once. The accepted
-/// connection is then seen with the flag set and dropped.
-pub fn wake_listener(addr: SocketAddr) {
-    if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-        log::warn!("could not wake the accept loop on {addr}: {e}");
+/// Wakes a thread blocked in `accept()` by connecting to its listener once, and remembers
+/// the address it connected from, so that the accept loop can tell this connection (to be
+/// dropped) from a client's (to be served: it connected before the listener closed).
+#[derive(Debug)]
+pub struct ListenerWake {
+    /// Where to connect: [`wake_address`] of the listener.
+    target: SocketAddr,
+    /// The wake-up connection's own address, once it is made.
+    from: Mutex<Option<SocketAddr>>,
+}
+
+impl ListenerWake {
+    /// For the listener bound to `listen`.
+    pub fn new(listen: SocketAddr) -> Arc<ListenerWake> {
+        Arc::new(ListenerWake {
+            target: wake_address(listen),
+            from: Mutex::new(None),
+        })
+    }
+
+    /// Connects to the listener (bound first, so its address is known before the listener
+    /// can accept it). A failure is logged: the accept loop then wakes with its next client.
+    pub fn wake(&self) {
+        if let Err(e) = self.connect() {
+            log::warn!("could not wake the accept loop on {}: {e}", self.target);
+        }
+    }
+
+    fn connect(&self) -> io::Result<()> {
+        let socket = Socket::new(Domain::for_address(self.target), Type::STREAM, None)?;
+        socket.bind(&SocketAddr::new(self.target.ip(), 0).into())?;
+        let from = socket.local_addr()?.as_socket();
+        *self.from.lock().unwrap_or_else(|e| e.into_inner()) = from;
+        socket.connect_timeout(&self.target.into(), Duration::from_secs(1))
+    }
+
+    /// Whether a connection accepted from `peer` is the wake-up connection.
+    pub fn is_wake(&self, peer: SocketAddr) -> bool {
+        *self.from.lock().unwrap_or_else(|e| e.into_inner()) == Some(peer)
     }
 }
 
@@ -251,11 +330,17 @@ mod tests {
     }
 
     #[test]
-    fn wake_listener_unblocks_accept() {
+    fn a_wake_unblocks_accept_and_is_told_from_a_client() {
         let listener = TcpListener::bind("0.0.0.0:0").unwrap();
-        let addr = wake_address(listener.local_addr().unwrap());
-        let waker = std::thread::spawn(move || wake_listener(addr));
-        assert!(listener.accept().is_ok());
+        let wake = ListenerWake::new(listener.local_addr().unwrap());
+        let client = std::net::TcpStream::connect(wake.target).unwrap();
+        let waking = Arc::clone(&wake);
+        let waker = std::thread::spawn(move || waking.wake());
+        let (_, first) = listener.accept().unwrap();
+        let (_, second) = listener.accept().unwrap();
         waker.join().unwrap();
+        assert_eq!(first, client.local_addr().unwrap());
+        assert!(!wake.is_wake(first), "a client taken for the wake-up");
+        assert!(wake.is_wake(second), "the wake-up taken for a client");
     }
 }

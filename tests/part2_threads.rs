@@ -2,7 +2,8 @@
 //!
 //! Each test runs against lesson part 2, every later part, and `rsp` (`Target::from_part(2)`);
 //! one more runs the concurrency test against part 1 and asserts that it FAILS there: the
-//! C project wrote that test first, to motivate part 2. A failure names the target.
+//! C project wrote that test first, to motivate part 2 (it runs only without `BIN=`). A
+//! failure names the target.
 //!
 //! What these tests cannot see: they time four requests, not four thousand, so they say
 //! nothing about how a thread per connection scales (see the benchmarks for that). And a
@@ -17,7 +18,9 @@
 //!   waiting for … to end (the connection to close)" with every byte already arrived.
 //!   The response is complete, but nobody tells the client: the other thread still holds
 //!   its own handle on the client socket (`try_clone`), blocked reading it, so the socket
-//!   stays open until the client gives up.
+//!   stays open until the client gives up. A fourth, `passes_a_late_answer_after_the_clients_half_close`,
+//!   fails the same way with nothing arrived: its backend waits for the client's FIN,
+//!   which never reaches it.
 //! - In `relay`, delete the two `shutdown(Shutdown::Both)` lines (the `Err(_)` arm). One
 //!   test fails, after 10 s: `keeps_serving_after_a_connection_fails`, "Part2: the failed
 //!   connections took 10.2s". When the backend resets, the backend → client thread ends,
@@ -99,10 +102,7 @@ fn can_handle_multiple_simultaneous_connections() {
 /// runs a reader's proxy, so this also checks that path's failure message.
 #[test]
 fn part1_cannot_handle_multiple_simultaneous_connections() {
-    if skipped_for_own_proxy(
-        "part 1's limit",
-        "it runs this project's part 1, not your proxy",
-    ) {
+    if skipped_for_own_proxy("part 1's one-at-a-time limit, the problem before part 2's fix") {
         return;
     }
     let part1 = Target::Bin {
@@ -147,6 +147,62 @@ fn can_pass_a_half_close_on_to_the_backend() {
         let received = received.unwrap_or_else(|e| panic!("{target:?}: {e}"));
         assert_same_bytes(&format!("{target:?}: the echo"), &received, &sent);
     }
+}
+
+/// How long the late backend waits, after the client's half-close, before it answers.
+const LATE: Duration = Duration::from_millis(1500);
+
+/// A half-close is passed on for as long as the backend needs: the backend reads the whole
+/// request up to the client's FIN, thinks for 1.5 s, then answers and closes. The client
+/// gets the answer. A proxy that closes the connection some fixed time after the first
+/// FIN fails this (socat does after 0.5 s, its `-t` default; nginx `stream` at once,
+/// unless `proxy_half_close on`); the echo test above does not notice, because the echo
+/// is usually back before the FIN arrives.
+#[test]
+fn passes_a_late_answer_after_the_clients_half_close() {
+    let backend = Backend::start(|mut stream| {
+        // The request is everything up to the FIN; the answer says how much it was.
+        let mut request = Vec::new();
+        if stream.read_to_end(&mut request).is_err() {
+            return;
+        }
+        thread::sleep(LATE);
+        let answer = format!("late answer to {} bytes", request.len());
+        let _ = stream.write_all(answer.as_bytes());
+    });
+    // Every target at once, on its own thread: each takes 1.5 s of waiting.
+    thread::scope(|scope| {
+        let checks: Vec<_> = Target::from_part(2)
+            .into_iter()
+            .map(|target| {
+                let port = backend.port;
+                scope.spawn(move || {
+                    let proxy = target.start(port);
+                    let mut client = connect(proxy.port);
+                    client.write_all(b"a question").unwrap();
+                    client.shutdown(Shutdown::Write).unwrap();
+                    let fin = Instant::now();
+                    let answer = read_all(&mut client, "the late answer")
+                        .unwrap_or_else(|e| panic!("{target:?}: {e}"));
+                    let closed = fin.elapsed();
+                    let answer = String::from_utf8_lossy(&answer);
+                    assert!(
+                        answer == "late answer to 10 bytes",
+                        "{target:?}: the backend answers {LATE:?} after the client's \
+                         half-close, but the client got {answer:?}: the proxy closed the \
+                         connection {closed:.1?} after the half-close"
+                    );
+                })
+            })
+            .collect();
+        // Join every one; the first failure, if any, is this test's.
+        let results: Vec<_> = checks.into_iter().map(|c| c.join()).collect();
+        for result in results {
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
 }
 
 /// A backend for the failure test: `/reset` resets the connection (it closes the socket

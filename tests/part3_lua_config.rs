@@ -1,9 +1,10 @@
 //! Part 3's behaviour, as exercises: `make test-3` (or `cargo test --test part3_lua_config`).
 //!
-//! Parts 3, 4, 5 and 6 read the same Lua config (`part4 [--broken] <config.lua>`,
-//! `part5 <config.lua>`, `part7 <config.lua>`), so these tests run against all four.
+//! Parts 3 to 7 read the same Lua config (`part4 [--broken] <config.lua>`, `part5`, `part6`
+//! and `part7 <config.lua>`), so these tests run against all of them.
 //! `rsp` reads a different config (`proxy.lua`), which its own tests cover. A failure
-//! names the target.
+//! names the target. `gives_error_on_long_requests`, the C's first test that takes a
+//! config, runs against `rsp` too (Python's `http.server` is its backend: needs python3).
 //!
 //! What these tests cannot see: a config that loops forever (`while true do end`) hangs
 //! the lessons, as it hung the C; nothing here times Lua out. And they only check that
@@ -167,5 +168,27 @@ fn accepts_numbers_for_the_ports() {
     );
     for target in config_targets() {
         assert_proxies_with(target, &text);
+    }
+}
+
+/// The C's `test_gives_error_on_long_requests` (`fc189d6`, added in September 2013, before
+/// blog part 3), with the C's backend, Python's `http.server`. The client sends one endless
+/// request line until a send fails, then reads. `http.server` gives up after 64 KiB,
+/// answers `HTTP/1.0 414`, and closes with the rest of the request unread, so its kernel
+/// resets the connection. A proxy whose write to the backend fails must still deliver
+/// what the backend sent before its reset (the 414), and only then reset the client. Runs
+/// against every part from 3 on and `rsp` in each mode.
+#[test]
+fn gives_error_on_long_requests() {
+    let backend = PythonBackend::start();
+    for target in Target::from_part(3) {
+        let proxy = target.start(backend.port);
+        let answer = send_long_request(proxy.port).unwrap_or_else(|e| panic!("{target:?}: {e}"));
+        let start = String::from_utf8_lossy(&answer[..answer.len().min(60)]);
+        assert!(
+            answer.starts_with(b"HTTP/1.0 414 "),
+            "{target:?}: the client read {} B ({start:?}), not the backend's 414",
+            answer.len()
+        );
     }
 }

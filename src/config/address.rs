@@ -30,7 +30,10 @@ impl Checker<'_> {
     fn listen(&mut self) -> Result<SocketAddr, ConfigError> {
         match self.values.get("listen") {
             None => Err(self.error("listen", "missing; add e.g. listen = \"127.0.0.1:8000\"")),
-            Some(Raw::Str(text)) => resolve(text).map_err(|e| self.error("listen", e)),
+            Some(Raw::Str(text)) => {
+                note_resolving("listen", text);
+                resolve(text).map_err(|e| self.error("listen", e))
+            }
             Some(other) => Err(self.error(
                 "listen",
                 format!("expected a \"host:port\" string, got {other}"),
@@ -65,18 +68,18 @@ impl Checker<'_> {
             Some(Raw::Table {
                 items,
                 only_list: true,
+                ..
             }) if !items.is_empty() => items,
             Some(other) => return Err(self.error("backends", format!("{expected}, got {other}"))),
         };
         let mut backends = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let key = format!("backends[{}]", i + 1);
-            let Raw::Str(name) = item else {
-                return Err(
-                    self.error(&key, format!("expected a \"host:port\" string, got {item}"))
-                );
-            };
-            backends.push(backend(name).map_err(|e| self.error(&key, e))?);
+            let (name, weight) = self.weighted(&key, item)?;
+            note_resolving(&key, name);
+            let mut backend = backend(name).map_err(|e| self.error(&key, e))?;
+            backend.weight = weight;
+            backends.push(backend);
         }
         Ok(backends)
     }
@@ -93,8 +96,9 @@ impl Checker<'_> {
         } else {
             host
         };
-        let backend =
-            backend(&format!("{host}:{backend_port}")).map_err(|e| self.error("backendPort", e))?;
+        let name = format!("{host}:{backend_port}");
+        note_resolving("backendAddress", &name);
+        let backend = backend(&name).map_err(|e| self.error("backendPort", e))?;
         Ok((listen, vec![backend]))
     }
 
@@ -112,6 +116,12 @@ impl Checker<'_> {
     }
 }
 
+/// Notes the lookup about to start, so that a name server that does not answer is named
+/// in the time-limit error: `proxy.lua: backends[2]: resolving "db:5432" took more than…`.
+fn note_resolving(key: &str, text: &str) {
+    super::note_step(key, || format!("resolving \"{text}\""));
+}
+
 /// A backend from its `"host:port"` text; port 0 cannot be connected to.
 fn backend(name: &str) -> Result<Backend, String> {
     let addr = resolve(name)?;
@@ -121,6 +131,7 @@ fn backend(name: &str) -> Result<Backend, String> {
     Ok(Backend {
         name: name.to_string(),
         addr,
+        weight: 1,
     })
 }
 

@@ -17,8 +17,13 @@ pub(crate) enum Raw {
     Number(f64),
     /// A Lua string.
     Str(String),
-    /// A table: its list part `[1..n]`, and whether that was all it held.
-    Table { items: Vec<Raw>, only_list: bool },
+    /// A table: its list part `[1..n]`, whether that was all it held, and its string
+    /// keys (`health_check = { interval = 2 }`).
+    Table {
+        items: Vec<Raw>,
+        only_list: bool,
+        named: Vec<(String, Raw)>,
+    },
     /// Anything else, by Lua type name: `boolean`, `function`, a nested table…
     Other(&'static str),
 }
@@ -40,7 +45,7 @@ impl fmt::Display for Raw {
 }
 
 /// A found value after "got" in a range error: a number bare (`got 16384.5`), else typed.
-fn shown(value: &Raw) -> String {
+pub(super) fn shown(value: &Raw) -> String {
     match value {
         Raw::Number(n) => n.to_string(),
         other => other.to_string(),
@@ -48,7 +53,7 @@ fn shown(value: &Raw) -> String {
 }
 
 /// The keys rsp reads, in the order `--check` prints them.
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 16] = [
     "listen",
     "backends",
     "workers",
@@ -62,12 +67,14 @@ const KEYS: [&str; 14] = [
     "mode",
     "loops",
     "max_buffered",
+    "balance",
+    "health_check",
     "stats",
 ];
 /// The blog's part-3 keys, still accepted so a reader's part-3 config runs unchanged.
 pub(super) const PART3_KEYS: [&str; 3] = ["listenPort", "backendAddress", "backendPort"];
 /// The longest timeout accepted, one year: larger values are surely a mistake.
-const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+pub(super) const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 /// The most event loops: far more than the cores of any machine rsp will meet; each loop
 /// is a thread and a listening socket.
 const MAX_LOOPS: u64 = 1024;
@@ -130,6 +137,7 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
     if let Some(n) = c.whole("max_buffered", 1024, 1 << 30)? {
         config.max_buffered = n as usize;
     }
+    c.balancing(&mut config)?;
     if config.mode != Mode::Threads {
         warnings.clear(); // `workers` is a threads-mode setting.
     }
@@ -140,12 +148,7 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
              page has no authentication (keep it on loopback, e.g. \"127.0.0.1:8001\")"
         ));
     }
-    warnings.extend(
-        values
-            .iter()
-            .filter(|(key, value)| !is_known(key) && **value != Raw::Other("function"))
-            .map(|(key, _)| unknown_key_warning(file, key)),
-    );
+    warnings.extend(unknown_key_warnings(file, values));
     Ok(Loaded {
         config,
         warnings,
@@ -176,16 +179,56 @@ fn is_known(key: &str) -> bool {
     KEYS.contains(&key) || PART3_KEYS.contains(&key)
 }
 
+/// The most unknown keys warned about one by one; the rest are counted in one line, so a
+/// config that sets 60,000 globals gets a few lines, not 50 MB of them.
+const MAX_UNKNOWN_WARNINGS: usize = 10;
+
+/// The longest key name shown in a warning; longer ones are cut with `…`.
+const SHOWN_KEY_CHARS: usize = 40;
+
+/// One warning per unknown global (functions are helpers, not keys), at most
+/// `MAX_UNKNOWN_WARNINGS` of them and then a count of the rest.
+fn unknown_key_warnings(file: &str, values: &BTreeMap<String, Raw>) -> Vec<String> {
+    let unknown: Vec<&String> = values
+        .iter()
+        .filter(|(key, value)| !is_known(key) && **value != Raw::Other("function"))
+        .map(|(key, _)| key)
+        .collect();
+    let mut warnings: Vec<String> = unknown
+        .iter()
+        .take(MAX_UNKNOWN_WARNINGS)
+        .map(|key| unknown_key_warning(file, key))
+        .collect();
+    if unknown.len() > MAX_UNKNOWN_WARNINGS {
+        let more = capacity::thousands((unknown.len() - MAX_UNKNOWN_WARNINGS) as u64);
+        warnings.push(format!(
+            "{file}: warning: {more} more unknown keys (ignored)"
+        ));
+    }
+    warnings
+}
+
 /// `proxy.lua: warning: unknown key 'worker' (did you mean 'workers'?)`
 fn unknown_key_warning(file: &str, key: &str) -> String {
+    let shown: String = match key.chars().count() > SHOWN_KEY_CHARS {
+        true => key.chars().take(SHOWN_KEY_CHARS).chain(['…']).collect(),
+        false => key.to_string(),
+    };
     match suggest(key) {
-        Some(known) => format!("{file}: warning: unknown key '{key}' (did you mean '{known}'?)"),
-        None => format!("{file}: warning: unknown key '{key}' (ignored)"),
+        Some(known) => format!("{file}: warning: unknown key '{shown}' (did you mean '{known}'?)"),
+        None => format!("{file}: warning: unknown key '{shown}' (ignored)"),
     }
 }
 
 /// The known key closest to `key`, if it is close enough to be a likely typo.
 fn suggest(key: &str) -> Option<&'static str> {
+    // At most 3 edits, and an edit changes the length by at most 1: a name more than 3
+    // longer than every known key cannot match, and is not compared (an 800-character
+    // name would cost 800 × 15 steps per known key).
+    let longest = KEYS.iter().chain(PART3_KEYS.iter()).map(|k| k.len()).max();
+    if key.chars().count() > longest.unwrap_or(0) + 3 {
+        return None;
+    }
     let key = key.to_lowercase();
     let allowed = (key.chars().count() / 3).clamp(1, 3);
     KEYS.iter()
@@ -228,7 +271,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The value of `key`, or `None` (and `key` noted as defaulted) if the file left it out.
-    fn get(&mut self, key: &'static str) -> Option<&'a Raw> {
+    pub(super) fn get(&mut self, key: &'static str) -> Option<&'a Raw> {
         let value = self.values.get(key);
         if value.is_none() {
             self.defaulted.push(key);
@@ -284,7 +327,7 @@ impl<'a> Checker<'a> {
     }
 
     /// One of the strings in `allowed`.
-    fn choice(
+    pub(super) fn choice(
         &mut self,
         key: &'static str,
         allowed: &[&'static str],
@@ -320,6 +363,24 @@ mod tests {
         assert_eq!(suggest("mod"), Some("mode"));
         assert_eq!(suggest("banana"), None);
         assert_eq!(suggest("x"), None);
+        assert_eq!(suggest(&"w".repeat(800)), None);
+    }
+
+    #[test]
+    fn many_unknown_keys_give_a_few_lines() {
+        let values: BTreeMap<String, Raw> = (0..25)
+            .map(|i| (format!("{}{i}", "k".repeat(100)), Raw::Number(1.0)))
+            .collect();
+        let warnings = unknown_key_warnings("p.lua", &values);
+        assert_eq!(warnings.len(), MAX_UNKNOWN_WARNINGS + 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&format!("'{}…'", "k".repeat(40))),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            warnings[10],
+            "p.lua: warning: 15 more unknown keys (ignored)"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use mio::Registry;
 use mio::net::TcpStream;
 
 use super::connection::{Ctx, Side, interest, token};
+use crate::balancer::{Lease, Plan};
 use crate::fds;
 use crate::outcome::Outcome;
 use crate::reload::InForce;
@@ -31,16 +32,16 @@ use crate::stats::BackendStats;
 pub struct Connecting {
     /// The socket of the current attempt; `None` while waiting for a free fd.
     stream: Option<TcpStream>,
-    /// Which backend it is (an index into the balancer).
-    index: usize,
+    /// Which backend it is, counted on it while the attempt lasts.
+    lease: Lease,
     /// When the current backend is given up.
     deadline: Instant,
     /// While out of fds: when to try again.
     retry_at: Option<Instant>,
-    /// Backends to try after this one, the next one last.
-    to_try: Vec<usize>,
-    /// The configuration in force when the client came: the indexes are into its
-    /// balancer, whatever a reload does meanwhile.
+    /// Backends to try after this one.
+    to_try: Plan,
+    /// The configuration in force when the client came: its balancer made the plan, and
+    /// keeps it whatever a reload does meanwhile.
     now: Arc<InForce>,
 }
 
@@ -49,8 +50,8 @@ pub struct Connecting {
 pub enum Step {
     /// Still under way (maybe with the next backend).
     Waiting(Connecting),
-    /// Connected to the backend with these counters.
-    Connected(TcpStream, Arc<BackendStats>),
+    /// Connected to the lease's backend, with its counters.
+    Connected(TcpStream, Lease, Arc<BackendStats>),
 }
 
 impl Connecting {
@@ -58,41 +59,37 @@ impl Connecting {
     /// Fails with [`Outcome::ConnectFailed`] if no backend can even be tried.
     pub fn start(id: u64, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
         let now = Arc::clone(ctx.in_force);
-        let mut to_try = now.balancer.plan();
-        to_try.reverse();
-        Connecting::next(id, now, to_try, ctx)
+        Connecting::next(id, now.balancer.plan(), now, ctx)
     }
 
     /// Starts a connect to the next backend in `to_try` that accepts one.
     fn next(
         id: u64,
-        now: Arc<InForce>,
-        mut to_try: Vec<usize>,
+        mut to_try: Plan,
+        mut now: Arc<InForce>,
         ctx: &mut Ctx,
     ) -> Result<Connecting, Outcome> {
-        let mut now = Some(now);
-        while let (Some(index), Some(in_force)) = (to_try.pop(), now.take()) {
+        while let Some(lease) = to_try.next() {
             let mut connecting = Connecting {
                 stream: None,
-                index,
-                deadline: ctx.now + in_force.config.connect_timeout,
+                lease,
+                deadline: ctx.now + now.config.connect_timeout,
                 retry_at: None,
                 to_try,
-                now: in_force,
+                now,
             };
             match connecting.open(id, ctx) {
                 Ok(()) => return Ok(connecting),
-                Err(e) => connecting.failed(id, &e)?,
+                Err(e) => failed(id, &connecting.lease, &e, &connecting.now)?,
             }
-            to_try = connecting.to_try;
-            now = Some(connecting.now);
+            (to_try, now) = (connecting.to_try, connecting.now);
         }
         Err(Outcome::ConnectFailed)
     }
 
     /// Opens the socket and starts the handshake, or, out of fds, plans a retry.
     fn open(&mut self, id: u64, ctx: &mut Ctx) -> io::Result<()> {
-        let addr = self.now.balancer.backend(self.index).addr;
+        let addr = self.lease.backend().addr;
         let opened = TcpStream::connect(addr).and_then(|mut stream| {
             // Urgent bytes are passed on in order like any others (see `listen::listen`).
             socket2::SockRef::from(&stream).set_out_of_band_inline(true)?;
@@ -138,11 +135,11 @@ impl Connecting {
                 _ => self.give_up(id, &e, ctx),
             };
         }
-        self.now.balancer.mark_up(self.index);
+        self.now.balancer.connected(&self.lease);
         let _ = stream.set_nodelay(true); // A latency hint; failing is harmless.
-        let stats = Arc::clone(&self.now.backends[self.index]);
+        let stats = self.now.stats_of(&self.lease);
         stats.connected();
-        Ok(Step::Connected(stream, stats))
+        Ok(Step::Connected(stream, self.lease, stats))
     }
 
     /// A deadline passed: retries a connect that lacked an fd, gives up one that took too
@@ -166,19 +163,8 @@ impl Connecting {
         if let Some(mut stream) = self.stream.take() {
             let _ = ctx.registry.deregister(&mut stream);
         }
-        self.failed(id, error)?;
-        Connecting::next(id, self.now, self.to_try, ctx).map(Step::Waiting)
-    }
-
-    /// Reports the failed attempt to the balancer (which logs it and marks the backend
-    /// down) and counts it. `Err` when the connection should give up rather than try the
-    /// next backend (out of fds: another backend would fail alike).
-    fn failed(&self, id: u64, error: &io::Error) -> Result<(), Outcome> {
-        self.now.backends[self.index].connect_failed();
-        match self.now.balancer.connect_failed(id, self.index, error) {
-            true => Ok(()),
-            false => Err(Outcome::ConnectFailed),
-        }
+        failed(id, &self.lease, error, &self.now)?;
+        Connecting::next(id, self.to_try, self.now, ctx).map(Step::Waiting)
     }
 
     /// Stops waiting: deregisters the socket (dropping `self` closes it).
@@ -186,5 +172,16 @@ impl Connecting {
         if let Some(mut stream) = self.stream.take() {
             let _ = registry.deregister(&mut stream);
         }
+    }
+}
+
+/// Reports a failed attempt on `lease`'s backend to the balancer (which logs it and skips
+/// the backend) and counts it. `Err` when the connection should give up rather than try
+/// the next backend (out of fds: another backend would fail alike).
+fn failed(id: u64, lease: &Lease, error: &io::Error, now: &InForce) -> Result<(), Outcome> {
+    now.stats_of(lease).connect_failed();
+    match now.balancer.connect_failed(id, lease, error) {
+        true => Ok(()),
+        false => Err(Outcome::ConnectFailed),
     }
 }

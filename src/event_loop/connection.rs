@@ -14,7 +14,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::connect::{Connecting, Step};
-use super::pipe::{Fault, Pipe};
+use super::pipe::{Fault, Pipe, Pumped};
+use crate::balancer::Lease;
 use crate::outcome::{Outcome, Summary};
 use crate::reload::InForce;
 use crate::stats::BackendStats;
@@ -63,7 +64,8 @@ pub struct Settings {
     pub max_buffered: usize,
     /// Close a connection with no bytes moving for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
-    /// Close a connection whose client sent nothing this long after it was accepted.
+    /// Close a connection on which no byte moved either way this long after it was
+    /// accepted.
     pub client_timeout: Option<Duration>,
 }
 
@@ -86,8 +88,9 @@ pub struct Ctx<'a> {
 enum Backend {
     /// The connect is under way.
     Connecting(Connecting),
-    /// Connected to the backend with these counters.
-    Connected(TcpStream, Arc<BackendStats>),
+    /// Connected to the lease's backend (the lease counts the connection on it until
+    /// the connection is dropped), with the backend's counters.
+    Connected(TcpStream, Lease, Arc<BackendStats>),
     /// No backend: every connect failed (the connection is about to close).
     Failed,
 }
@@ -111,8 +114,9 @@ pub struct Conn {
     started: Instant,
     /// When a byte last moved either way (for the idle timeout).
     last_active: Instant,
-    /// Whether the client has sent a byte (after which `client_timeout` no longer applies).
-    client_spoke: bool,
+    /// The first peer that reset or vanished: the connection ends once the bytes that
+    /// peer sent before are delivered (see [`Conn::fail`]).
+    failed: Option<Side>,
     /// The config values in force when it was accepted (a reload does not change them).
     settings: Settings,
     /// Bytes up and down already added to the backend's counters.
@@ -151,7 +155,7 @@ impl Conn {
             down: Pipe::new("backend -> client"),
             started: ctx.now,
             last_active: ctx.now,
-            client_spoke: false,
+            failed: None,
             settings: ctx.settings,
             counted: [0, 0],
         };
@@ -181,7 +185,7 @@ impl Conn {
             return self.pump(ctx);
         }
         if event.is_error() {
-            self.check_error(side)?;
+            self.check_error(side);
         }
         if readable {
             match side {
@@ -210,31 +214,31 @@ impl Conn {
         };
         self.backend = match step {
             Step::Waiting(connecting) => Backend::Connecting(connecting),
-            Step::Connected(stream, stats) => {
+            Step::Connected(stream, lease, stats) => {
                 self.last_active = ctx.now;
-                Backend::Connected(stream, stats)
+                Backend::Connected(stream, lease, stats)
             }
         };
         Ok(())
     }
 
-    /// An error event: if the socket really has a pending error (a reset), end here,
-    /// even if reading from that side is paused.
-    fn check_error(&self, side: Side) -> Result<(), Outcome> {
+    /// An error event: if the socket really has a pending error (a reset), that side
+    /// failed ([`Conn::fail`]), even if reading from it is paused.
+    fn check_error(&mut self, side: Side) {
         let socket = match (side, &self.backend) {
             (Side::Client, _) => &self.client,
-            (Side::Backend, Backend::Connected(stream, _)) => stream,
-            (Side::Backend, _) => return Ok(()),
+            (Side::Backend, Backend::Connected(stream, ..)) => stream,
+            (Side::Backend, _) => return,
         };
         match socket.take_error() {
-            Ok(Some(e)) | Err(e) => Err(self.failed(side, &e)),
-            Ok(None) => Ok(()),
+            Ok(Some(e)) | Err(e) => self.fail(side, &e),
+            Ok(None) => {}
         }
     }
 
     /// `side` is writable: writes the queue headed there.
     fn flush(&mut self, side: Side, ctx: &mut Ctx) -> Result<(), Outcome> {
-        let Backend::Connected(backend, _) = &self.backend else {
+        let Backend::Connected(backend, ..) = &self.backend else {
             return Ok(());
         };
         let other_done = match side {
@@ -248,7 +252,7 @@ impl Conn {
         match pipe.flush(dst, self.settings.max_buffered, self.id, other_done) {
             Ok(true) => self.last_active = ctx.now,
             Ok(false) => {}
-            Err(fault) => return Err(self.fault(source, fault)),
+            Err(fault) => self.fault(source, fault),
         }
         self.count_bytes();
         Ok(())
@@ -257,7 +261,7 @@ impl Conn {
     /// Adds the bytes delivered since the last call to the backend's counters: one
     /// atomic add per direction that moved.
     fn count_bytes(&mut self) {
-        let Backend::Connected(_, stats) = &self.backend else {
+        let Backend::Connected(_, _, stats) = &self.backend else {
             return;
         };
         for (i, delivered) in [self.up.delivered(), self.down.delivered()]
@@ -279,7 +283,7 @@ impl Conn {
 
     /// Moves bytes both ways as far as the sockets allow. `Ok(true)`: call again soon.
     pub fn pump(&mut self, ctx: &mut Ctx) -> Result<bool, Outcome> {
-        let Backend::Connected(backend, _) = &self.backend else {
+        let Backend::Connected(backend, ..) = &self.backend else {
             return Ok(false);
         };
         let max = self.settings.max_buffered;
@@ -287,41 +291,71 @@ impl Conn {
         let up = self
             .up
             .pump(&self.client, backend, ctx.buf, max, self.id, last);
-        let up = up.map_err(|f| self.fault(Side::Client, f))?;
+        let up = up.unwrap_or_else(|f| {
+            self.fault(Side::Client, f);
+            Pumped::default()
+        });
+        // Read the backend even if the client just failed: a reset backend's last bytes
+        // are still in its socket (see `Conn::fail`).
+        let Backend::Connected(backend, ..) = &self.backend else {
+            return Ok(false);
+        };
         let last = self.up.is_done();
         let down = self
             .down
             .pump(backend, &self.client, ctx.buf, max, self.id, last);
-        let down = down.map_err(|f| self.fault(Side::Backend, f))?;
+        let down = down.unwrap_or_else(|f| {
+            self.fault(Side::Backend, f);
+            Pumped::default()
+        });
         if up.moved || down.moved {
             self.last_active = ctx.now;
             self.count_bytes();
         }
-        self.client_spoke |= up.moved;
         Ok(up.more || down.more)
     }
 
-    /// The outcome of a `fault` in the pipe reading from `source`.
-    fn fault(&self, source: Side, fault: Fault) -> Outcome {
+    /// A `fault` in the pipe reading from `source`: the side it names failed.
+    fn fault(&mut self, source: Side, fault: Fault) {
         match fault {
-            Fault::Source(e) => self.failed(source, &e),
-            Fault::Dest(e) if source == Side::Client => self.failed(Side::Backend, &e),
-            Fault::Dest(e) => self.failed(Side::Client, &e),
+            Fault::Source(e) => self.fail(source, &e),
+            Fault::Dest(e) if source == Side::Client => self.fail(Side::Backend, &e),
+            Fault::Dest(e) => self.fail(Side::Client, &e),
         }
     }
 
-    /// Logs an I/O error on `side` and returns that side's reset outcome.
-    fn failed(&self, side: Side, error: &io::Error) -> Outcome {
+    /// `side` reset or vanished (an error reading, writing or on an error event). What it
+    /// sent before is not lost: the pipe reading from it reads on to the end and delivers
+    /// it, and only then does [`Conn::ended`] end the connection with the reset passed on.
+    /// The pipe writing to it is abandoned: its bytes have nowhere to go.
+    fn fail(&mut self, side: Side, error: &io::Error) {
         log::debug!("conn {}: {side:?} socket failed: {error}", self.id);
-        match side {
-            Side::Client => Outcome::ClientReset,
-            Side::Backend => Outcome::BackendReset,
-        }
+        self.failed.get_or_insert(side);
+        let (from_it, to_it) = match side {
+            Side::Client => (&mut self.up, &mut self.down),
+            Side::Backend => (&mut self.down, &mut self.up),
+        };
+        from_it.source_failed();
+        to_it.abandon();
     }
 
-    /// Whether both directions have passed their EOF on: the connection ended normally.
-    pub fn is_done(&self) -> bool {
-        self.up.is_done() && self.down.is_done()
+    /// How the connection ends, once it has: `eof` when both directions passed their EOF
+    /// on; a peer's reset once the bytes it sent before are delivered (or cannot be, the
+    /// other peer failed too). `None` while bytes still move.
+    pub fn ended(&self) -> Option<Outcome> {
+        let (outcome, from_it) = match self.failed {
+            None if self.up.is_done() && self.down.is_done() => return Some(Outcome::Eof),
+            None => return None,
+            Some(Side::Client) => (Outcome::ClientReset, &self.up),
+            Some(Side::Backend) => (Outcome::BackendReset, &self.down),
+        };
+        from_it.is_done().then_some(outcome)
+    }
+
+    /// Whether a byte has moved on this connection, either way: from then on a cut is a
+    /// reset and `client_timeout` no longer applies.
+    fn moved(&self) -> bool {
+        self.up.read() > 0 || self.down.read() > 0
     }
 
     /// When [`Conn::on_tick`] has something to do: the connect, the idle or the client
@@ -338,9 +372,10 @@ impl Conn {
         }
     }
 
-    /// When a client that has not sent a byte yet is closed; `None` once it has.
+    /// When a connection on which no byte has moved yet is closed; `None` once one has
+    /// (either way: a server that speaks first keeps it open).
     fn client_deadline(&self, settings: &Settings) -> Option<Instant> {
-        let limit = settings.client_timeout.filter(|_| !self.client_spoke)?;
+        let limit = settings.client_timeout.filter(|_| !self.moved())?;
         Some(self.started + limit)
     }
 
@@ -363,20 +398,11 @@ impl Conn {
         }
     }
 
-    /// Closes both sockets and returns the summary line's data.
-    ///
-    /// A cut never lets a cut-off transfer look complete: a peer gets a reset
-    /// (`SO_LINGER` 0 makes `close()` send an RST and drop unsent bytes), not a FIN,
-    /// whenever bytes may still be on their way. That is:
-    /// - one side reset or vanished: the other side is reset;
-    /// - Ctrl-C's drain timeout or second Ctrl-C (`Shutdown`), or a panic
-    ///   (`InternalError`): both sides are reset (rsp cannot tell a pause between
-    ///   requests from a pause inside one);
-    /// - the idle timeout: both sides are reset if bytes are queued either way (a peer
-    ///   that stopped reading) or one direction has ended and the other has not (a
-    ///   half-closed transfer); a connection idle with nothing in flight (an idle
-    ///   keep-alive) is closed with a FIN each way, as HAProxy and nginx do. The client
-    ///   timeout follows the same rule.
+    /// Closes both sockets and returns the summary line's data. Each socket is reset or
+    /// closed as [`Outcome::ends`] says: a peer's reset is passed on as a reset, rsp's own
+    /// cut (a timeout, the drain, a panic) resets both peers once a byte has moved
+    /// (`SO_LINGER` 0 makes `close()` send an RST and drop unsent bytes), anything else
+    /// is a FIN.
     ///
     /// The byte counts are what each peer's socket took (read minus still queued).
     ///
@@ -387,24 +413,17 @@ impl Conn {
     /// A connection that reached a backend is counted closed in its counters.
     pub fn close(mut self, outcome: Outcome, registry: &Registry) -> Summary {
         self.count_bytes();
-        let in_flight = !self.up.is_quiet() || !self.down.is_quiet();
-        let (reset_client, reset_backend) = match outcome {
-            Outcome::ClientReset => (false, true),
-            Outcome::BackendReset => (true, false),
-            Outcome::Shutdown | Outcome::InternalError => (true, true),
-            Outcome::IdleTimeout | Outcome::ClientTimeout => (in_flight, in_flight),
-            Outcome::Eof | Outcome::ConnectFailed => (false, false),
-        };
-        if reset_client {
+        let ends = outcome.ends(self.moved());
+        if ends.client {
             reset_on_close(&self.client);
         }
         let backend = match self.backend {
-            Backend::Connected(stream, stats) => {
-                if reset_backend {
+            Backend::Connected(stream, lease, stats) => {
+                if ends.backend {
                     reset_on_close(&stream);
                 }
                 stats.closed(outcome);
-                stats.name.clone()
+                lease.backend().name.clone()
             }
             Backend::Connecting(connecting) => {
                 connecting.close(registry);
@@ -428,4 +447,15 @@ impl Conn {
 /// data is dropped). Failing only means the socket is already gone.
 fn reset_on_close(socket: &TcpStream) {
     let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+impl Conn {
+    /// The second Ctrl-C, before the loop closes its connections one by one: from now
+    /// on even the process's exit (which may come first) resets both peers, never a FIN.
+    pub fn reset_on_exit(&self) {
+        reset_on_close(&self.client);
+        if let Backend::Connected(stream, ..) = &self.backend {
+            reset_on_close(stream);
+        }
+    }
 }

@@ -105,6 +105,16 @@ impl Listener {
         }
     }
 
+    /// Ctrl-C: no new client joins the queue while the drain accepts the queued ones
+    /// ([`crate::listen::stop_queueing`]).
+    pub fn stop_queueing(&self) {
+        if let Some(socket) = &self.socket
+            && let Err(e) = crate::listen::stop_queueing(socket)
+        {
+            log::debug!("cannot shrink the listen backlog: {e}");
+        }
+    }
+
     /// Closes the listening socket: from now on connects to the port are refused.
     pub fn close(&mut self, registry: &Registry) {
         let paused = self.paused_until.take().is_some(); // Paused = already deregistered.

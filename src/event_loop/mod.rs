@@ -33,9 +33,14 @@
 //! Ctrl-C wakes every loop. Each one accepts the clients already queued in its
 //! listener's backlog (with `SO_REUSEPORT` each socket has its own backlog, and closing a
 //! listener resets what is queued in it; those clients connected before the signal, so
-//! they are served like the others), closes its listener and drains its connections. The
-//! drain is logged once for the process ([`DrainLog`]): its start when the last listener
-//! has closed, its end when every loop is done.
+//! they are served like the others), closes its listener and drains its connections. At
+//! the connection limit a loop keeps its listener open (its backlog set to 0, so nobody
+//! new joins the queue) and accepts the rest as connections close, until the queue is
+//! empty or the drain time is over. The drain is logged once for the process
+//! ([`DrainLog`]): its start when the last listener has closed, its end when every loop is
+//! done. A second Ctrl-C: every loop resets its connections and reports how many to the
+//! signal handler (a loop already done reported when it ended), which logs the total and
+//! ends the process.
 
 mod connect;
 mod connection;
@@ -51,7 +56,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::thread;
-use std::time::Duration;
 
 use mio::{Poll, Waker};
 
@@ -89,16 +93,13 @@ pub fn run(current: Arc<Current>) -> io::Result<()> {
         wakers,
         drain: DrainLog::new(n),
         drain_timeout: config.drain_timeout,
-        reset_loops: AtomicUsize::new(0),
+        ended: crossbeam_channel::bounded(n),
     });
     let shutdown = Shutdown::new();
-    // A second Ctrl-C: every loop resets its connections, and the last one to do so ends
-    // the process (see `EventLoop::run`); the handler waits for that, but not forever.
+    // A second Ctrl-C: every loop resets its connections and reports (see
+    // `EventLoop::run`); the handler waits for every loop, but not past its deadline.
     let exiting = Arc::clone(&shared);
-    shutdown.on_second_signal(move || {
-        exiting.wake_all();
-        thread::sleep(Duration::from_secs(1));
-    });
+    shutdown.on_second_signal(move |deadline| exiting.cut_everywhere(deadline));
     let waking = Arc::clone(&shared);
     shutdown.install_handler(move || waking.wake_all())?;
     let stopper = Arc::clone(&shutdown);
@@ -149,6 +150,9 @@ pub fn run(current: Arc<Current>) -> io::Result<()> {
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("an event loop thread panicked")));
         result = result.and(done);
+    }
+    if shutdown.is_exiting() {
+        crate::shutdown::wait_for_exit(); // the signal handler logs the end and exits
     }
     shared.drain.finish();
     result

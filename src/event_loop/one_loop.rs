@@ -8,7 +8,6 @@ use std::net::TcpListener;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread;
 use std::time::Instant;
 
 use mio::event::Event;
@@ -141,6 +140,7 @@ impl EventLoop {
             self.cut_all();
             self.shared.drain.cut(cut);
         }
+        self.shared.loop_ended(0);
         result
     }
 
@@ -176,23 +176,20 @@ impl EventLoop {
             }
             self.run_again(now);
             if shutdown.is_exiting() {
-                for id in self.conns.keys().copied().collect::<Vec<_>>() {
-                    self.close(id, Outcome::Shutdown); // a reset each way
+                // The second Ctrl-C: a reset each way, then report to the signal handler,
+                // which ends the process. Every socket is armed to reset first (a quick
+                // pass), in case the handler's deadline ends the process mid-way.
+                for conn in self.conns.values() {
+                    conn.reset_on_exit();
                 }
-                // The last loop to reset its connections ends the process; the others
-                // wait for it (or for the signal handler's own exit, a second later).
-                if self.shared.reset_loops.fetch_add(1, Ordering::SeqCst) + 1
-                    == self.shared.wakers.len()
-                {
-                    std::process::exit(crate::shutdown::SECOND_SIGNAL_EXIT_CODE);
-                }
-                loop {
-                    thread::park();
-                }
+                let cut = self.conns.len();
+                self.cut_all();
+                self.shared.loop_ended(cut);
+                crate::shutdown::wait_for_exit();
             }
             if shutdown.is_stopping() && !self.timers.draining() {
-                self.stop_accepting(now);
                 self.timers.begin_drain(now);
+                self.stop_accepting(now);
             }
             if self.listener.on_tick(self.poll.registry(), now) {
                 self.accept_all(now);
@@ -203,7 +200,13 @@ impl EventLoop {
             if self.at_limit && self.shared.open() < self.shared.max_conns {
                 self.accept_all(now); // Connections closed: clients may be waiting.
             }
-            if self.timers.drain_over(self.conns.len(), now) {
+            if self.timers.draining() && !self.at_limit {
+                self.close_listener(); // The backlog is served (see `stop_accepting`).
+            }
+            // An open listener still has clients queued at the limit: not over yet.
+            let waiting = self.conns.len() + usize::from(!self.closed);
+            if self.timers.drain_over(waiting, now) {
+                self.close_listener();
                 self.shared.drain.cut(self.conns.len());
                 self.cut_all();
                 return Ok(());
@@ -214,11 +217,16 @@ impl EventLoop {
     /// Shutdown: accepts the clients queued in the listener's backlog (they connected
     /// before the signal; closing the listener would reset them), then closes it, and
     /// counts it closed in the [`DrainLog`]. Once every loop's is closed the port refuses
-    /// new clients and the drain's start is logged.
+    /// new clients and the drain's start is logged. At the connection limit the rest of
+    /// the backlog is accepted as connections close, and the listener closes when it is
+    /// empty (or at the drain's end); meanwhile no new client joins the queue.
     pub(super) fn stop_accepting(&mut self, now: Instant) {
         if !self.closed {
+            self.listener.stop_queueing();
             self.accept_all(now);
-            self.close_listener();
+            if !self.at_limit {
+                self.close_listener();
+            }
         }
     }
 
@@ -315,9 +323,10 @@ impl EventLoop {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        match result {
+        // A connection whose both directions ended (a FIN each way, or a peer's reset
+        // once the bytes it sent before are delivered) is closed now.
+        match result.and_then(|more| conn.ended().map_or(Ok(more), Err)) {
             Err(outcome) => self.close(id, outcome),
-            Ok(_) if conn.is_done() => self.close(id, Outcome::Eof),
             Ok(more) => {
                 self.timers.schedule(conn.deadline());
                 if more {

@@ -13,7 +13,9 @@
 //! - **Deferred close.** The source's EOF becomes `shutdown(Write)` on the destination only
 //!   after every queued byte is written: the FIN must not overtake the data. (If the other
 //!   direction is done already, the connection closes right away, and `close()` sends
-//!   that FIN: the `shutdown` call is skipped, one syscall per connection.)
+//!   that FIN: the `shutdown` call is skipped, one syscall per connection.) A source's
+//!   reset waits the same way: the pipe ends once its bytes are written, and the
+//!   connection then passes the reset on.
 
 use std::io::{self, ErrorKind, Read};
 use std::net::Shutdown;
@@ -69,8 +71,17 @@ pub struct Pipe {
     /// stops short at its mark with more bytes behind it, so a short read no longer
     /// means "empty" for this pipe (for good: urgent data is rare, telnet or FTP `ABOR`).
     urgent: bool,
-    /// The source sent its FIN (a 0-byte read).
+    /// The source sent its FIN (a 0-byte read), or reset (see `reset`).
     eof: bool,
+    /// The source reset or vanished: a failed read, or a 0-byte read after
+    /// [`Pipe::source_failed`]. Its end is passed on as a reset, not a FIN.
+    reset: bool,
+    /// The source failed: every read from here on ends in a reset (see
+    /// [`Pipe::source_failed`]).
+    source_failed: bool,
+    /// The destination failed: the queue was dropped and the source is no longer read
+    /// (its bytes have nowhere to go).
+    abandoned: bool,
     /// We passed that FIN on: `shutdown(Write)` on the destination.
     shut: bool,
     /// The queue went over `max_buffered`: the source is not read until it drains to half.
@@ -88,6 +99,9 @@ impl Pipe {
             closing: false,
             urgent: false,
             eof: false,
+            reset: false,
+            source_failed: false,
+            abandoned: false,
             shut: false,
             paused: false,
         }
@@ -111,16 +125,31 @@ impl Pipe {
         (self.queue.len(), self.paused)
     }
 
-    /// Whether nothing is on its way in this direction: no byte queued and no EOF read
-    /// (an idle keep-alive). A pipe that has ended while the other has not is a
-    /// half-closed transfer, so it is not quiet either (see `Conn::close`).
-    pub fn is_quiet(&self) -> bool {
-        self.queue.is_empty() && !self.eof
+    /// Bytes read from the source so far.
+    pub fn read(&self) -> u64 {
+        self.read
     }
 
-    /// Whether this direction is finished: EOF read, queue written, FIN passed on.
+    /// The source reset or vanished, though its error may have gone to the other
+    /// direction's write (then a read sees only the end): read what it sent before to the
+    /// end, and pass that end on as a reset. A reset socket never blocks a read.
+    pub fn source_failed(&mut self) {
+        self.source_failed = true;
+        self.readable = true;
+        self.closing = true;
+    }
+
+    /// The destination reset or vanished: nothing more can reach it. Drops what is
+    /// queued and stops reading the source.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
+        self.queue = WriteQueue::default();
+    }
+
+    /// Whether this direction is finished: EOF read, queue written, FIN passed on (or, for
+    /// a reset source, ready to pass the reset on); or abandoned.
     pub fn is_done(&self) -> bool {
-        self.shut
+        self.shut || self.abandoned
     }
 
     /// Reads from `src` and sends to `dst` until the source would block, ends, the queue
@@ -146,14 +175,17 @@ impl Pipe {
     ) -> Result<Pumped, Fault> {
         let mut pumped = Pumped::default();
         let mut reads = 0;
-        while self.readable && !self.eof && !self.paused {
+        while self.readable && !self.eof && !self.paused && !self.abandoned {
             if reads == READS_PER_TURN {
                 pumped.more = true;
                 break;
             }
             reads += 1;
             match (&*src).read(buf) {
-                Ok(0) => self.eof = true,
+                Ok(0) => {
+                    self.eof = true;
+                    self.reset = self.source_failed;
+                }
                 Ok(n) => {
                     pumped.moved = true;
                     self.read += n as u64;
@@ -172,7 +204,12 @@ impl Pipe {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Fault::Source(e)),
+                Err(e) => {
+                    // Every byte before the reset was read: pass it on after them.
+                    (self.eof, self.reset) = (true, true);
+                    self.pass_eof_on(dst, last)?;
+                    return Err(Fault::Source(e));
+                }
             }
         }
         self.pass_eof_on(dst, last)?;
@@ -189,7 +226,7 @@ impl Pipe {
         id: u64,
         last: bool,
     ) -> Result<bool, Fault> {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() || self.abandoned {
             return Ok(false);
         }
         let written = self.queue.flush(dst).map_err(Fault::Dest)?;
@@ -208,11 +245,12 @@ impl Pipe {
     /// Half-close: once the source has ended and the queue is empty, `shutdown(Write)` on
     /// the destination (its peer reads EOF); the other direction keeps going. If it is
     /// the `last` direction, the loop closes the connection next, and `close()` sends the
-    /// FIN itself.
+    /// FIN itself. A source that reset gets no FIN passed on: the connection closes next
+    /// and resets the destination.
     fn pass_eof_on(&mut self, dst: &TcpStream, last: bool) -> Result<(), Fault> {
         if self.eof && !self.shut && self.queue.is_empty() {
             self.shut = true;
-            if last {
+            if last || self.reset {
                 return Ok(());
             }
             // Fails only if the destination was reset (`NotConnected`).

@@ -1,14 +1,13 @@
-//! What every event loop of the process shares: the balancer, the count of open
+//! What every event loop of the process shares: the configuration in force (balancer), the count of open
 //! connections under the limit from the open-files limit, the connection ids, one waker per
 //! loop, the drain's log lines. Everything else belongs to one loop ([`super::one_loop`]).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
-
-use std::sync::Arc;
 
 use crate::reload::Current;
 use crate::shutdown::DrainLog;
@@ -39,8 +38,9 @@ pub(super) struct Shared {
     pub(super) drain: DrainLog,
     /// How long the drain may last.
     pub(super) drain_timeout: Duration,
-    /// Loops that have reset their connections after a second Ctrl-C.
-    pub(super) reset_loops: AtomicUsize,
+    /// Each loop reports here once, when it ends: how many connections it cut after a
+    /// second Ctrl-C (0 if it ended with its drain). The signal handler counts the reports.
+    pub(super) ended: (Sender<usize>, Receiver<usize>),
 }
 
 impl Shared {
@@ -86,6 +86,26 @@ impl Shared {
     pub(super) fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
+
+    /// A loop is done, having cut `cut` connections after a second Ctrl-C.
+    pub(super) fn loop_ended(&self, cut: usize) {
+        let _ = self.ended.0.try_send(cut); // room for one report per loop
+    }
+
+    /// The second Ctrl-C (on the signal handler's thread): wakes every loop to reset its
+    /// connections, and waits until `deadline` for every loop to report (a loop that had
+    /// already finished its drain reported then). Returns how many connections were cut.
+    pub(super) fn cut_everywhere(&self, deadline: Instant) -> usize {
+        self.wake_all();
+        let mut cut = 0;
+        for _ in 0..self.wakers.len() {
+            match self.ended.1.recv_deadline(deadline) {
+                Ok(n) => cut += n,
+                Err(_) => break,
+            }
+        }
+        cut
+    }
 }
 
 #[cfg(test)]
@@ -111,7 +131,7 @@ mod tests {
             wakers: vec![Waker::new(poll.registry(), WAKER).unwrap()],
             drain: DrainLog::new(1),
             drain_timeout: Duration::from_secs(1),
-            reset_loops: AtomicUsize::new(0),
+            ended: crossbeam_channel::bounded(1),
         }
     }
 

@@ -132,8 +132,19 @@ fn families(s: &Snapshot) -> Vec<Family<'static>> {
         ),
         gauge(
             "rsp_backend_up",
-            "1 if the backend gets new connections, 0 while it is skipped after a failure.",
+            "1 if the backend gets new connections, 0 while it is DOWN (health checks) or \
+             skipped after a failed connect.",
             per_backend(&|b| f64::from(u8::from(b.state == "up"))),
+        ),
+        gauge(
+            "rsp_backend_health_up",
+            "1 unless the health checks say the backend is DOWN (always 1 with checks off).",
+            per_backend(&|b| f64::from(u8::from(b.state != "down"))),
+        ),
+        gauge(
+            "rsp_backend_weight",
+            "The backend's weight.",
+            per_backend(&|b| b.weight as f64),
         ),
         gauge(
             "rsp_backend_connections_open",

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::balancer::Node;
 use crate::config::Backend;
 use crate::outcome::Outcome;
 
@@ -42,13 +43,16 @@ type ByOutcome = [AtomicU64; OUTCOMES];
 
 /// The counters of one backend. Each connection to it holds an `Arc` to them, so a
 /// reload that drops the backend does not lose what its open connections still count.
+/// Its open connections and its state are not counted here: they are its balancer
+/// node's ([`Node::open`], [`Node::is_up`]), linked in [`Stats::for_backends`].
 #[derive(Debug)]
 pub struct BackendStats {
     /// The backend's text from the config (the `backend` label).
     pub name: String,
     /// Its address: a backend that stays in the config across a reload keeps its counters.
     pub addr: SocketAddr,
-    open: AtomicU64,
+    /// Its node in the balancer that last had it (a reload keeps a node that stays).
+    node: Mutex<Option<Arc<Node>>>,
     total: AtomicU64,
     connect_failures: AtomicU64,
     /// Bytes client → backend, backend → client.
@@ -61,7 +65,7 @@ impl BackendStats {
         BackendStats {
             name: backend.name.clone(),
             addr: backend.addr,
-            open: AtomicU64::new(0),
+            node: Mutex::new(None),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             bytes: Default::default(),
@@ -75,12 +79,17 @@ impl BackendStats {
         BackendStats::new(&Backend {
             name: "test".into(),
             addr,
+            weight: 1,
         })
+    }
+
+    /// Its balancer node, if it has been in one.
+    pub fn node(&self) -> Option<Arc<Node>> {
+        self.node.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A connection to this backend was made.
     pub fn connected(&self) {
-        self.open.fetch_add(1, Relaxed);
         self.total.fetch_add(1, Relaxed);
     }
 
@@ -96,7 +105,6 @@ impl BackendStats {
 
     /// A connection to this backend ended with `outcome`.
     pub fn closed(&self, outcome: Outcome) {
-        self.open.fetch_sub(1, Relaxed);
         count(&self.outcomes, outcome);
     }
 }
@@ -214,20 +222,26 @@ impl Stats {
         })
     }
 
-    /// The counters for each of `backends`, in order: those of a backend already known
-    /// (same address and name) are kept, so they survive a reload.
-    pub fn for_backends(&self, backends: &[Backend]) -> Vec<Arc<BackendStats>> {
+    /// The counters for each of a balancer's `nodes`, in order, each linked to its node:
+    /// those of a backend already known (same address and name) are kept, so they survive
+    /// a reload.
+    pub fn for_backends(&self, nodes: &[Arc<Node>]) -> Vec<Arc<BackendStats>> {
         let mut known = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        backends
+        nodes
             .iter()
-            .map(|b| {
+            .map(|node| {
+                let b = node.backend();
                 let same = |s: &&Arc<BackendStats>| s.addr == b.addr && s.name == b.name;
-                if let Some(found) = known.iter().find(same) {
-                    return Arc::clone(found);
-                }
-                let new = Arc::new(BackendStats::new(b));
-                known.push(Arc::clone(&new));
-                new
+                let stats = match known.iter().find(same) {
+                    Some(found) => Arc::clone(found),
+                    None => {
+                        let new = Arc::new(BackendStats::new(b));
+                        known.push(Arc::clone(&new));
+                        new
+                    }
+                };
+                *stats.node.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(node));
+                stats
             })
             .collect()
     }

@@ -56,10 +56,11 @@ pub fn json(s: &Snapshot) -> String {
         .map(|b| {
             let ended: Vec<String> = b.outcomes.iter().map(u64::to_string).collect();
             format!(
-                "{{\"name\":{},\"state\":{},\"open\":{},\"total\":{},\"failures\":{},\
+                "{{\"name\":{},\"state\":{},\"weight\":{},\"open\":{},\"total\":{},\"failures\":{},\
                  \"bytes_up\":{},\"bytes_down\":{},\"ended\":[{}]}}",
                 string(&b.name),
                 string(b.state),
+                b.weight,
                 b.open,
                 b.total,
                 b.connect_failures,

@@ -12,10 +12,13 @@ use crate::reload::Current;
 pub struct BackendFigures {
     /// Its name from the config (the `backend` label).
     pub name: String,
-    /// `up`, `down` (skipped after a failed connect, until `backend_retry`), or
-    /// `removed` (dropped by a reload, its connections still open).
+    /// `up`; `down` (the health checks say so); `skipped` (a client connect to it
+    /// failed, for `backend_retry`); or `removed` (dropped by a reload, its connections
+    /// still open).
     pub state: &'static str,
-    /// Connections open to it.
+    /// Its weight (`backends = { { "host:port", weight = N } }`).
+    pub weight: u64,
+    /// Connections open to it (its balancer node's count).
     pub open: u64,
     /// Connections made to it since start.
     pub total: u64,
@@ -52,23 +55,12 @@ impl Snapshot {
     /// Reads every counter now.
     pub fn take(stats: &Stats, current: &Current) -> Snapshot {
         let now = current.get();
-        let mut backends: Vec<BackendFigures> = now
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let state = if now.balancer.is_down(i) {
-                    "down"
-                } else {
-                    "up"
-                };
-                figures(b, state)
-            })
-            .collect();
+        let mut backends: Vec<BackendFigures> =
+            now.backends.iter().map(|b| figures(b, None)).collect();
         for retired in stats.all_backends() {
             let in_force = now.backends.iter().any(|b| Arc::ptr_eq(b, &retired));
-            if !in_force && retired.open.load(Relaxed) > 0 {
-                backends.push(figures(&retired, "removed"));
+            if !in_force && retired.node().is_some_and(|n| n.open() > 0) {
+                backends.push(figures(&retired, Some("removed")));
             }
         }
         Snapshot {
@@ -102,11 +94,19 @@ impl Snapshot {
     }
 }
 
-fn figures(b: &BackendStats, state: &'static str) -> BackendFigures {
+/// `b`'s figures; its state from its node unless `state` is given.
+fn figures(b: &BackendStats, state: Option<&'static str>) -> BackendFigures {
+    let node = b.node();
+    let state = state.unwrap_or(match &node {
+        Some(n) if !n.is_up() => "down",
+        Some(n) if n.is_skipped() => "skipped",
+        _ => "up",
+    });
     BackendFigures {
         name: b.name.clone(),
         state,
-        open: b.open.load(Relaxed),
+        weight: node.as_ref().map_or(1, |n| n.weight()),
+        open: node.as_ref().map_or(0, |n| n.open() as u64),
         total: b.total.load(Relaxed),
         connect_failures: b.connect_failures.load(Relaxed),
         bytes_up: b.bytes[0].load(Relaxed),

@@ -15,7 +15,7 @@ use socket2::SockRef;
 
 use crate::outcome::{Outcome, Summary};
 use crate::stats::BackendStats;
-use crate::threads::relay::RelaySettings;
+use crate::threads::relay::{Direction, DirectionEnd, RelaySettings};
 
 /// The shared state of one client ↔ backend pair.
 #[derive(Debug)]
@@ -39,28 +39,36 @@ pub struct Connection {
     up: AtomicU64,
     /// Bytes copied backend → client so far.
     down: AtomicU64,
-    /// Why it was cut and what is in flight, behind one lock: see [`CutState`].
-    state: Mutex<CutState>,
+    /// How it ends, behind one lock: see [`EndState`].
+    state: Mutex<EndState>,
     /// The backend's counters (bytes are added to them as they move).
     pub stats: std::sync::Arc<BackendStats>,
     /// The settings in force when it was accepted (a reload does not change them).
     pub settings: RelaySettings,
 }
 
-/// What a cut needs to know to choose between a FIN and a reset, and the cut itself.
-/// One mutex, because each check must happen in the same step as the action it guards:
-/// a half-close (FIN) must never slip in after a cut chose to reset a side, and a write
-/// must never start unseen while a cut decides that nothing is in flight.
+/// What the end of a connection depends on, behind one mutex, because each check must
+/// happen in the same step as the action it guards: a half-close (FIN) must never slip in
+/// after a cut chose to reset a side, and a write must never start unseen while a cut
+/// decides whether a byte moved.
 #[derive(Debug, Default)]
-struct CutState {
-    /// Why the connection was cut, `None` while nobody cut it. The first cause wins: the
-    /// error on one side, not the shutdown it causes on the other.
+struct EndState {
+    /// Why the connection ended, `None` while nothing went wrong. The first cause wins:
+    /// the error on one side, not the shutdown it causes on the other.
     reason: Option<Outcome>,
-    /// Writes under way (0, 1 or 2: one per direction), from [`Connection::begin_write`]
-    /// to [`Connection::end_write`]. A write under way has bytes on their way.
-    writing: u8,
-    /// Directions that passed their EOF on ([`Connection::half_close`]).
-    eofs: u8,
+    /// The sockets were reset or shut down for good (rsp's own cut, or a peer's reset
+    /// passed on): nothing more is written either way. A peer's reset recorded but not
+    /// yet passed on (the bytes it sent before it are still being delivered) is a
+    /// `reason` without `stopped`.
+    stopped: bool,
+    /// A write was begun, either way: a byte moved, so a cut is now a reset (see
+    /// [`Outcome::ends`]), and `client_timeout` no longer applies.
+    moved: bool,
+    /// Writes under way, per direction ([`Direction::index`]), from
+    /// [`Connection::begin_write`] to [`Connection::end_write`].
+    writing: [bool; 2],
+    /// Directions that passed their EOF on ([`Connection::source_ended`]).
+    eof: [bool; 2],
 }
 
 impl Connection {
@@ -86,7 +94,7 @@ impl Connection {
             last_activity_ms: AtomicU64::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
-            state: Mutex::new(CutState::default()),
+            state: Mutex::new(EndState::default()),
             stats,
             settings,
         };
@@ -116,13 +124,15 @@ impl Connection {
         idle
     }
 
-    /// Cuts the connection with [`Outcome::ClientTimeout`] if the client has sent nothing
-    /// (no byte passed on to the backend) within `limit` of being accepted; returns
-    /// whether it did. The registry's idle check calls this for every connection.
+    /// Cuts the connection with [`Outcome::ClientTimeout`] if no byte has moved either way
+    /// (a server that speaks first is a live connection) within `limit` of being
+    /// accepted; returns whether it did. The registry's idle check calls this for every
+    /// connection.
     pub fn cut_if_silent(&self, limit: Duration) -> bool {
-        let silent = self.up.load(Ordering::Relaxed) == 0 && self.started.elapsed() >= limit;
+        let mut state = self.lock_state();
+        let silent = !state.moved && !state.stopped && self.started.elapsed() >= limit;
         if silent {
-            self.cut(Outcome::ClientTimeout);
+            self.cut_locked(&mut state, Outcome::ClientTimeout);
         }
         silent
     }
@@ -134,82 +144,138 @@ impl Connection {
         self.stats.add_bytes(up, n);
     }
 
-    /// Ends the connection now for `reason`: records the reason (unless another was
-    /// recorded first) and wakes the other thread from a blocked `read`.
-    ///
-    /// A cut never lets a cut-off transfer look complete: both peers get a reset
-    /// (`SO_LINGER` 0), not a FIN, whenever bytes may still be on their way. That is:
-    /// - one side reset or vanished ([`Outcome::ClientReset`], [`Outcome::BackendReset`]):
-    ///   the other side is reset too;
-    /// - Ctrl-C's drain timeout ([`Outcome::Shutdown`]) or a bug
-    ///   ([`Outcome::InternalError`]): rsp cannot tell a pause between requests from a
-    ///   pause inside one, so both sides are reset;
-    /// - the idle timeout ([`Outcome::IdleTimeout`]): both sides are reset if a write is
-    ///   under way (a peer that stopped reading) or one direction has ended and the other
-    ///   has not (a half-closed transfer). Only a connection idle with nothing in flight
-    ///   (an idle keep-alive) is closed with a FIN each way, as HAProxy and nginx do.
-    ///   The client timeout ([`Outcome::ClientTimeout`]) follows the same rule.
+    /// rsp ends the connection on its own, now, for `reason` (a timeout, the drain's
+    /// deadline, a panic): records the reason (unless another was recorded first), closes
+    /// both sides as [`Outcome::ends`] says (a reset each way once a byte moved, else a
+    /// FIN) and wakes both threads: a blocked `read` at once, a blocked `write` at its
+    /// next write-timeout tick.
     pub fn cut(&self, reason: Outcome) {
         let mut state = self.lock_state();
-        let reason = *state.reason.get_or_insert(reason);
-        // Errors below only mean the socket is already shut down or reset: nothing to do.
-        match reason {
-            Outcome::ClientReset => pass_reset(&self.client, &self.backend),
-            Outcome::BackendReset => pass_reset(&self.backend, &self.client),
-            Outcome::IdleTimeout | Outcome::ClientTimeout
-                if state.writing == 0 && state.eofs == 0 =>
-            {
-                let _ = self.client.shutdown(Shutdown::Both);
-                let _ = self.backend.shutdown(Shutdown::Both);
-            }
-            _ => {
-                reset(&self.client);
-                reset(&self.backend);
+        self.cut_locked(&mut state, reason);
+    }
+
+    fn cut_locked(&self, state: &mut EndState, reason: Outcome) {
+        // Stopped already, or ended cleanly both ways (its worker is about to log it):
+        // nothing left to cut.
+        if state.stopped || state.eof == [true, true] {
+            return;
+        }
+        state.reason.get_or_insert(reason);
+        state.stopped = true;
+        let ends = reason.ends(state.moved);
+        for (socket, reset_it) in [(&self.client, ends.client), (&self.backend, ends.backend)] {
+            match reset_it {
+                true => reset(socket),
+                // Fails only if the socket is already shut down or reset: nothing to do.
+                false => drop(socket.shutdown(Shutdown::Both)),
             }
         }
     }
 
-    /// Passes an EOF on: `shutdown(Write)` on `to` (half-close, a FIN), unless the
-    /// connection was cut; then returns the cut's reason and sends nothing.
-    pub fn half_close(&self, to: &TcpStream) -> Result<(), Outcome> {
+    /// `direction`'s source ended: a 0-byte read (`error = false`) or a failed one. Every
+    /// byte it sent before is written already (writes block), so its end is passed on now:
+    /// a FIN (`shutdown(Write)`, a half-close) after an EOF, a reset after a reset.
+    ///
+    /// A 0-byte read is a reset too if the other direction's write to the same peer
+    /// failed: that write took the socket's error, so the read saw only the end. Either
+    /// it recorded the failure already, or it is still in its write: then the socket
+    /// says so itself (a reset socket has no peer address any more).
+    ///
+    /// If the connection was stopped meanwhile, nothing is sent: the stop decided.
+    pub fn source_ended(&self, direction: Direction, error: bool) -> DirectionEnd {
         let mut state = self.lock_state();
-        if let Some(reason) = state.reason {
-            return Err(reason);
+        if state.stopped {
+            return DirectionEnd::Cut(state.reason.unwrap_or(Outcome::InternalError));
         }
-        state.eofs += 1;
+        let (from, to) = direction.ends(self);
+        let failure = direction.failure(true);
+        let other = direction.other().index();
+        let reset = error
+            || state.reason == Some(failure)
+            || (state.writing[other] && from.peer_addr().is_err());
+        if reset {
+            self.pass_reset_locked(&mut state, failure);
+            return DirectionEnd::Cut(state.reason.unwrap_or(failure));
+        }
+        state.eof[direction.index()] = true;
         // Fails only if `to` is already shut down or reset: nothing left to tell it.
         let _ = to.shutdown(Shutdown::Write);
-        Ok(())
+        DirectionEnd::Eof
     }
 
-    /// Marks a write as under way until [`Connection::end_write`], so that a cut meanwhile
-    /// resets both sides (see [`Connection::cut`]). Returns the cut's reason if the
-    /// connection was cut already: then the caller must not write, and should call
-    /// [`Connection::cut`] before `end_write` (its bytes are lost: a reset, not a FIN).
-    /// Two uncontended lock operations per chunk: nothing next to the `read` and `write`.
-    pub fn begin_write(&self) -> Result<(), Outcome> {
+    /// Writing `direction`'s destination failed: that peer reset or vanished. Its bytes
+    /// still readable are not lost: the other direction reads them to the end, delivers
+    /// them, and then passes the reset on ([`Connection::source_ended`]); only if it
+    /// has ended already is the reset passed on here. `shutdown(Read)` on the failed
+    /// socket makes sure its reader does not wait for more (its queued bytes stay
+    /// readable).
+    pub fn dest_failed(&self, direction: Direction) -> DirectionEnd {
         let mut state = self.lock_state();
-        state.writing += 1;
-        state.reason.map_or(Ok(()), Err)
+        let failure = direction.failure(false);
+        if !state.stopped {
+            state.reason.get_or_insert(failure);
+            let (_, to) = direction.ends(self);
+            let _ = to.shutdown(Shutdown::Read);
+            if state.eof[direction.other().index()] {
+                self.pass_reset_locked(&mut state, failure);
+            }
+        }
+        DirectionEnd::Cut(state.reason.unwrap_or(failure))
+    }
+
+    /// Passes the reset of the side that `failure` names on to the other side: shuts the
+    /// failed socket down and resets the other one (see [`reset`]).
+    fn pass_reset_locked(&self, state: &mut EndState, failure: Outcome) {
+        state.reason.get_or_insert(failure);
+        state.stopped = true;
+        let (failed, other) = match failure {
+            Outcome::ClientReset => (&self.client, &self.backend),
+            _ => (&self.backend, &self.client),
+        };
+        let _ = failed.shutdown(Shutdown::Both);
+        reset(other);
+    }
+
+    /// Marks a write as under way in `direction` until [`Connection::end_write`], so a
+    /// cut meanwhile resets both sides. Returns the reason if the connection was stopped:
+    /// then the caller must not write (its bytes are lost: the peers get a reset).
+    /// Two uncontended lock operations per chunk: nothing next to the `read` and `write`.
+    pub fn begin_write(&self, direction: Direction) -> Result<(), Outcome> {
+        let mut state = self.lock_state();
+        state.writing[direction.index()] = true;
+        state.moved = true;
+        match state.stopped {
+            true => Err(state.reason.unwrap_or(Outcome::InternalError)),
+            false => Ok(()),
+        }
     }
 
     /// Ends what [`Connection::begin_write`] began.
-    pub fn end_write(&self) {
-        let mut state = self.lock_state();
-        state.writing = state.writing.saturating_sub(1);
+    pub fn end_write(&self, direction: Direction) {
+        self.lock_state().writing[direction.index()] = false;
     }
 
-    /// Why the connection was cut, if it was.
+    /// Why the connection was stopped (cut, or a reset passed on), if it was: a blocked
+    /// write that wakes up gives up then.
+    pub fn stopped(&self) -> Option<Outcome> {
+        let state = self.lock_state();
+        state
+            .stopped
+            .then(|| state.reason.unwrap_or(Outcome::InternalError))
+    }
+
+    /// Why the connection ended badly, if it did.
     pub fn cut_reason(&self) -> Option<Outcome> {
         self.lock_state().reason
     }
 
-    fn lock_state(&self) -> MutexGuard<'_, CutState> {
-        // Each update is a single field change, never half-done: a poisoned lock is fine.
+    fn lock_state(&self) -> MutexGuard<'_, EndState> {
+        // Each update is a few field changes that cannot panic midway: a poisoned lock is
+        // fine.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The summary line's data, as of now; the outcome is `eof` unless it was cut.
+    /// The summary line's data, as of now; the outcome is `eof` unless it ended badly.
     pub fn summary(&self) -> Summary {
         Summary {
             id: self.id,
@@ -221,12 +287,6 @@ impl Connection {
             outcome: self.cut_reason().unwrap_or(Outcome::Eof),
         }
     }
-}
-
-/// `failed` reset or vanished: shut it down, and reset its peer `other` (see [`reset`]).
-fn pass_reset(failed: &TcpStream, other: &TcpStream) {
-    let _ = failed.shutdown(Shutdown::Both);
-    reset(other);
 }
 
 /// Makes the coming close of `socket` a reset: with `SO_LINGER` 0, `close()` sends an RST
@@ -275,10 +335,10 @@ mod tests {
             let conn = conn.clone();
             std::thread::spawn(move || (&conn.client).read(&mut [0u8; 16]).unwrap_or(0))
         };
-        conn.cut(Outcome::ClientReset);
-        conn.cut(Outcome::BackendReset);
+        conn.cut(Outcome::Shutdown);
+        conn.cut(Outcome::IdleTimeout);
         assert_eq!(reader.join().unwrap(), 0);
-        assert_eq!(conn.cut_reason(), Some(Outcome::ClientReset));
-        assert_eq!(conn.summary().outcome, Outcome::ClientReset);
+        assert_eq!(conn.cut_reason(), Some(Outcome::Shutdown));
+        assert_eq!(conn.summary().outcome, Outcome::Shutdown);
     }
 }

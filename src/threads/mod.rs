@@ -1,7 +1,8 @@
 //! Threads mode, the card's design: a blocking accept loop hands each client to a worker
 //! pool; each worker connects to a backend and runs the two copy directions, one on a
 //! copy thread, so a blocked `write_all` in one direction never holds up the other.
-//! On Ctrl-C: close the listener, drain, and return.
+//! On Ctrl-C: serve the clients already in the listen backlog, close the listener,
+//! drain, and return.
 //!
 //! The accept loop does nothing else, so a slow backend or a slow client never delays
 //! the next `accept()`. Per-connection problems are logged where they happen and never
@@ -14,7 +15,9 @@
 //! | one connection's shared state: sockets, clocks, counters | [`conn`] |
 //! | the copy loop for one direction, half-close, idle check | [`relay`] |
 //! | what Ctrl-C waits for and cuts | [`registry`] |
+//! | the clients in the listen backlog at Ctrl-C | [`backlog`] |
 
+pub mod backlog;
 pub mod conn;
 pub mod pool;
 pub mod registry;
@@ -32,10 +35,11 @@ use crate::listen::{
 };
 use crate::outcome::Outcome;
 use crate::reload::Current;
-use crate::shutdown::{self, Shutdown};
+use crate::shutdown::{self, ListenerWake, Shutdown};
 use crate::stats::{Live, ModeFigures};
+use backlog::Backlog;
 use crossbeam_channel::{SendTimeoutError, TrySendError};
-use pool::Pool;
+use pool::{Growth, Pool, wait_for_threads};
 use registry::Registry;
 use relay::RelaySettings;
 use worker::{Accepted, Context, CopyJob};
@@ -50,13 +54,15 @@ pub fn run(current: Arc<Current>) -> io::Result<()> {
     let listener = listen(config.listen)?;
     let local = listener.local_addr()?;
     let shutdown = Shutdown::new();
-    let wake_addr = shutdown::wake_address(local);
-    shutdown.install_handler(move || shutdown::wake_listener(wake_addr))?;
+    let wake = ListenerWake::new(local);
+    let waking = Arc::clone(&wake);
+    shutdown.install_handler(move || waking.wake())?;
     let stopper = Arc::clone(&shutdown);
     crate::reload::watch_signals(Arc::clone(&current), move || stopper.signal())?;
 
     let workers = config.workers.max(1);
     let copiers: Pool<CopyJob> = Pool::start("copy", workers, workers, |job: CopyJob| job())?;
+    let copy_growth = copiers.growth();
     let copy_watch = copiers.watch();
     let ctx = Context {
         current: Arc::clone(&current),
@@ -66,10 +72,13 @@ pub fn run(current: Arc<Current>) -> io::Result<()> {
         worker::serve(&ctx, job)
     })?;
     let registry = Registry::new();
-    // A second Ctrl-C resets every connection before the process exits (see `shutdown`).
+    // A second Ctrl-C resets every connection before the process exits (see `shutdown`),
+    // and gives their threads until `deadline` to log their summaries.
     let open = Arc::clone(&registry);
-    shutdown.on_second_signal(move || {
-        open.cut_all(Outcome::Shutdown);
+    shutdown.on_second_signal(move |deadline| {
+        let cut = open.cut_all(Outcome::Shutdown);
+        open.wait_empty(deadline.saturating_duration_since(Instant::now()));
+        cut
     });
     let in_force = Arc::clone(&current);
     registry.start_idle_check(move || RelaySettings::of(&in_force.get().config).tick())?;
@@ -91,24 +100,38 @@ pub fn run(current: Arc<Current>) -> io::Result<()> {
     let limit = connection_limit();
     announce(local.port());
 
-    let pending = accept_loop(&listener, &pool, &registry, &shutdown, limit);
-    drop(listener); // from here on, new connections are refused
-    drain(&registry, pending, &pool, config.drain_timeout);
+    let growth = [pool.growth(), copy_growth];
+    let pending = accept_loop(
+        &listener, &pool, &growth, &registry, &shutdown, limit, &wake,
+    );
+    let deadline = Instant::now() + config.drain_timeout;
+    let backlog = Backlog {
+        listener,
+        wake: &wake,
+        limit,
+    };
+    backlog.serve(pending, &registry, &pool, deadline);
+    // From here on, new connections are refused.
+    drain(&registry, deadline, &shutdown);
     Ok(())
 }
 
 /// Accepts clients until a shutdown begins, never more than `limit` open at once (see
-/// [`connection_limit`]). Returns a client that was accepted but not yet queued when the
-/// shutdown began (the drain still serves it).
+/// [`connection_limit`]), nor while a pool in `growth` cannot start a thread for the next
+/// one. Returns a client that was accepted but not yet queued when the shutdown began
+/// (the drain still serves it).
 fn accept_loop(
     listener: &TcpListener,
     pool: &Pool<Accepted>,
+    growth: &[Growth],
     registry: &Arc<Registry>,
     shutdown: &Shutdown,
     limit: Option<usize>,
+    wake: &ListenerWake,
 ) -> Option<Accepted> {
     let mut saturated = false;
     let mut at_limit = false;
+    let mut starved = false;
     let mut last_logged: Option<Instant> = None;
     loop {
         if let Some(max) = limit
@@ -116,9 +139,19 @@ fn accept_loop(
         {
             return None;
         }
+        if !wait_for_threads(
+            growth,
+            ACCEPT_PAUSE,
+            || shutdown.is_stopping(),
+            &mut starved,
+        ) {
+            return None;
+        }
         let accepted = listener.accept();
         if shutdown.is_stopping() {
-            return None; // the handler's wake-up connection, or a client just too late
+            // The handler's wake-up connection, or a client queued before it: served.
+            let client = accepted.ok().filter(|(_, addr)| !wake.is_wake(*addr));
+            return client.map(|(client, addr)| accept(registry, client, addr));
         }
         let (client, addr) = match accepted {
             Ok(pair) => pair,
@@ -127,15 +160,24 @@ fn accept_loop(
                 continue;
             }
         };
-        let job = Accepted {
-            client,
-            addr,
-            ticket: registry.admit(),
-            accepted_at: Instant::now(),
-        };
+        let job = accept(registry, client, addr);
         if let Err(job) = hand_off(pool, job, &mut saturated, shutdown) {
             return job;
         }
+    }
+}
+
+/// A client just accepted: admitted to the registry, on its way to a worker.
+fn accept(
+    registry: &Arc<Registry>,
+    client: std::net::TcpStream,
+    addr: std::net::SocketAddr,
+) -> Accepted {
+    Accepted {
+        client,
+        addr,
+        ticket: registry.admit(),
+        accepted_at: Instant::now(),
     }
 }
 
@@ -215,22 +257,24 @@ fn hand_off(
     }
 }
 
-/// Waits up to `timeout` for open connections to finish, then cuts the rest.
-fn drain(registry: &Registry, pending: Option<Accepted>, pool: &Pool<Accepted>, timeout: Duration) {
+/// Waits until `deadline` for open connections to finish, then cuts the rest. A second
+/// signal meanwhile ends the process from the signal handler instead.
+fn drain(registry: &Registry, deadline: Instant, shutdown: &Shutdown) {
     let open = registry.len();
-    shutdown::log_drain_start(open, timeout);
-    let deadline = Instant::now() + timeout;
-    if let Some(job) = pending {
-        // Accepted before the signal: it still deserves service if a worker frees up.
-        let _ = pool.submit_timeout(job, timeout);
-    }
+    shutdown::log_drain_start(open, deadline.saturating_duration_since(Instant::now()));
     let left = deadline.saturating_duration_since(Instant::now());
     if registry.wait_empty(left) {
+        if shutdown.is_exiting() {
+            shutdown::wait_for_exit(); // emptied by the second signal's cut
+        }
         shutdown::log_drain_end(open, 0);
         return;
     }
     let cut = registry.cut_all(Outcome::Shutdown);
     // Cut sockets wake their threads at once; give them a moment to log their summaries.
     registry.wait_empty(Duration::from_secs(1));
+    if shutdown.is_exiting() {
+        shutdown::wait_for_exit();
+    }
     shutdown::log_drain_end(open, cut);
 }

@@ -15,17 +15,25 @@
 //!   thread (~25 µs): the accept loop must stay free to accept (5,000 clients connecting
 //!   at once overflowed the listen backlog while it was busy starting threads).
 //! - **Panic-proof:** a panic in one job is caught and logged; the thread carries on.
+//! - **When no thread can start** (`EAGAIN`: a cgroup's `pids.max`, `ulimit -u`, the
+//!   kernel's thread limit), the pool remembers the error until a start succeeds; its
+//!   [`Growth`] handle tells the accept loop, which then stops accepting until there is a
+//!   thread for the next client (see [`wait_for_threads`]).
 //!
 //! What the channel costs: a receiver that finds it empty spins and calls `sched_yield` up
 //! to 4 times before it sleeps: 10 `sched_yield`s and −2 % to +5 % CPU per new connection
 //! against the `Mutex` + `Condvar` pool it replaced (README, "Dependencies, and why").
+
+mod growth;
+
+pub use growth::{Growth, wait_for_threads};
 
 use crate::outcome::panic_message;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -52,6 +60,8 @@ struct Shared<T> {
     idle: AtomicUsize,    // waiting for a job (or just started, about to)
     started: AtomicUsize, // so far, for their names
     peak: AtomicUsize,    // the most threads busy at once, for the stats page
+    /// Why the last thread start failed; `None` once one succeeds.
+    start_error: Mutex<Option<String>>,
     /// The receiving end: a receiver does not keep the channel open, only senders do.
     jobs: Receiver<T>,
     handler: Box<dyn Fn(T) + Send + Sync>,
@@ -72,6 +82,7 @@ impl<T: Send + 'static> Pool<T> {
             idle: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            start_error: Mutex::new(None),
             jobs: queue,
             handler: Box::new(handler),
         });
@@ -117,6 +128,11 @@ impl<T: Send + 'static> Pool<T> {
         self.threads().saturating_sub(idle)
     }
 
+    /// A handle on whether this pool can start threads, for the accept loop.
+    pub fn growth(&self) -> Growth {
+        Growth::of(Arc::clone(&self.shared))
+    }
+
     /// A handle that reads this pool's figures for the stats page, without keeping the
     /// pool's threads alive once the pool is closed.
     pub fn watch(&self) -> Watch<T> {
@@ -150,6 +166,7 @@ impl<T> Watch<T> {
 fn spawn<T: Send + 'static>(shared: &Arc<Shared<T>>) -> io::Result<()> {
     let room = |n: usize| (n < shared.max_threads).then_some(n + 1);
     if shared.threads.fetch_update(SeqCst, SeqCst, room).is_err() {
+        note_start(shared, None); // at the maximum, so threads did start
         return Ok(());
     }
     shared.idle.fetch_add(1, SeqCst);
@@ -163,7 +180,15 @@ fn spawn<T: Send + 'static>(shared: &Arc<Shared<T>>) -> io::Result<()> {
         shared.idle.fetch_sub(1, SeqCst);
         shared.threads.fetch_sub(1, SeqCst);
     }
+    note_start(shared, started.as_ref().err());
     started.map(drop)
+}
+
+/// Remembers whether the last thread start failed, and why (for [`Growth`]).
+fn note_start<T>(shared: &Shared<T>, error: Option<&io::Error>) {
+    if let Ok(mut last) = shared.start_error.lock() {
+        *last = error.map(|e| e.to_string());
+    }
 }
 
 /// A pool thread: run jobs as they come; exit after [`IDLE_EXIT`] without one (unless it
@@ -179,8 +204,9 @@ fn run_thread<T: Send + 'static>(shared: &Arc<Shared<T>>, name: &str) {
                 if (idle == 0 || shared.jobs.len() > idle)
                     && let Err(e) = spawn(shared)
                 {
-                    // Queued jobs wait for a thread that exists; the next taker tries again.
-                    log::error!("cannot start a {} thread: {e}", shared.name);
+                    // Queued jobs wait for a thread that exists; the next taker tries again,
+                    // and the accept loop stops accepting (`wait_for_threads`) and says so.
+                    log::debug!("cannot start a {} thread: {e}", shared.name);
                 }
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (shared.handler)(job))) {
                     let message = panic_message(&*panic);

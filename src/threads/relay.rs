@@ -37,7 +37,7 @@ pub enum Direction {
 
 impl Direction {
     /// The socket this direction reads from and the one it writes to.
-    fn ends(self, conn: &Connection) -> (&TcpStream, &TcpStream) {
+    pub fn ends(self, conn: &Connection) -> (&TcpStream, &TcpStream) {
         match self {
             Direction::Up => (&conn.client, &conn.backend),
             Direction::Down => (&conn.backend, &conn.client),
@@ -45,10 +45,23 @@ impl Direction {
     }
 
     /// The outcome when reading (`reading = true`) or writing fails in this direction.
-    fn failure(self, reading: bool) -> Outcome {
+    pub fn failure(self, reading: bool) -> Outcome {
         match (self, reading) {
             (Direction::Up, true) | (Direction::Down, false) => Outcome::ClientReset,
             (Direction::Up, false) | (Direction::Down, true) => Outcome::BackendReset,
+        }
+    }
+
+    /// `0` for up, `1` for down: an index into per-direction state.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The opposite direction.
+    pub fn other(self) -> Direction {
+        match self {
+            Direction::Up => Direction::Down,
+            Direction::Down => Direction::Up,
         }
     }
 
@@ -85,7 +98,7 @@ pub struct RelaySettings {
     pub buffer_size: usize,
     /// Cut the connection after this long with no bytes either way.
     pub idle_timeout: Option<Duration>,
-    /// Cut the connection if the client sent nothing this long after it was accepted.
+    /// Cut the connection if no byte moved either way this long after it was accepted.
     pub client_timeout: Option<Duration>,
 }
 
@@ -153,34 +166,44 @@ fn copy_with(
     let mut bytes = 0u64;
     let end = loop {
         let n = match read_some(from, buf, size) {
-            // A 0-byte read is EOF: pass the half-close on, unless the read only ended
-            // because the connection was cut (then the cut decides what the peer gets).
-            Ok(0) => match conn.half_close(to) {
-                Ok(()) => break DirectionEnd::Eof,
-                Err(reason) => break DirectionEnd::Cut(reason),
-            },
+            // The source's end (an EOF, or a reset once its bytes are read) is passed on
+            // unless the connection was cut meanwhile (then the cut decided).
+            Ok(0) => break conn.source_ended(direction, false),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if is_timeout(&e) => match after_timeout(conn, settings) {
                 Some(reason) => break DirectionEnd::Cut(reason),
                 None => continue,
             },
-            Err(_) => break cut(conn, direction.failure(true)),
+            Err(_) => break conn.source_ended(direction, true),
         };
         conn.touch();
         // While the write is marked as under way, a cut resets both peers (bytes are on
-        // their way). A write that fails or finds the connection cut calls `cut` before
-        // the mark is taken away, for the same reason: its bytes will never arrive.
-        let written = conn
-            .begin_write()
-            .and_then(|()| write_chunk(conn, direction, to, &buf[..n], settings, &mut bytes));
-        let end = written.err().map(|reason| cut(conn, reason));
-        conn.end_write();
+        // their way), and a 0-byte read the other way checks whether this write's peer
+        // was reset (see `Connection::source_ended`).
+        let written = match conn.begin_write(direction) {
+            Ok(()) => write_chunk(conn, direction, to, &buf[..n], settings, &mut bytes),
+            Err(reason) => Err(Stop::Cut(reason)),
+        };
+        let end = match written {
+            Ok(()) => None,
+            Err(Stop::Cut(reason)) => Some(DirectionEnd::Cut(reason)),
+            Err(Stop::Failed) => Some(conn.dest_failed(direction)),
+        };
+        conn.end_write(direction);
         if let Some(end) = end {
             break end;
         }
     };
     DirectionResult { bytes, end }
+}
+
+/// Why [`write_chunk`] stopped.
+enum Stop {
+    /// Writing failed: the destination reset or vanished.
+    Failed,
+    /// The connection was stopped (cut, or a reset passed on) for this reason.
+    Cut(Outcome),
 }
 
 /// Reads up to `size` bytes into `buf`. A thread without a buffer yet (a fresh one) first
@@ -211,13 +234,13 @@ fn write_chunk(
     mut chunk: &[u8],
     settings: RelaySettings,
     bytes: &mut u64,
-) -> Result<(), Outcome> {
+) -> Result<(), Stop> {
     // Timed only when the debug line can be seen: two clock reads per chunk otherwise
     // spent for nothing at the default level.
     let started = log::log_enabled!(log::Level::Debug).then(Instant::now);
     while !chunk.is_empty() {
         match to.write(chunk) {
-            Ok(0) => return Err(direction.failure(false)),
+            Ok(0) => return Err(Stop::Failed),
             Ok(n) => {
                 chunk = &chunk[n..];
                 *bytes += n as u64;
@@ -227,10 +250,10 @@ fn write_chunk(
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if is_timeout(&e) => {
                 if let Some(reason) = after_timeout(conn, settings) {
-                    return Err(reason);
+                    return Err(Stop::Cut(reason));
                 }
             }
-            Err(_) => return Err(direction.failure(false)),
+            Err(_) => return Err(Stop::Failed),
         }
     }
     let blocked = started.map_or(Duration::ZERO, |t| t.elapsed());
@@ -246,20 +269,17 @@ fn write_chunk(
 }
 
 /// After a write timeout: why to stop, or `None` to keep waiting. Stop if the connection
-/// was cut meanwhile (a cut that resets this socket's peer cannot wake a blocked write,
-/// only its timeout can), or if it has been idle for `idle_timeout` (a reader that takes
-/// nothing at all).
+/// was stopped meanwhile (a cut that resets this socket's peer cannot wake a blocked
+/// write, only its timeout can), or if it has been idle for `idle_timeout` (a reader that
+/// takes nothing at all). A peer's reset not yet passed on does not stop it: this write
+/// may be delivering that peer's last bytes.
 fn after_timeout(conn: &Connection, settings: RelaySettings) -> Option<Outcome> {
-    if let Some(reason) = conn.cut_reason() {
+    if let Some(reason) = conn.stopped() {
         return Some(reason);
     }
     let limit = settings.idle_timeout?;
-    conn.cut_if_idle(limit).then_some(Outcome::IdleTimeout)
-}
-
-fn cut(conn: &Connection, reason: Outcome) -> DirectionEnd {
-    conn.cut(reason);
-    DirectionEnd::Cut(reason)
+    conn.cut_if_idle(limit);
+    conn.stopped()
 }
 
 /// A socket timeout shows up as `WouldBlock` (EAGAIN) on Unix, `TimedOut` elsewhere.

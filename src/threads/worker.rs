@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::balancer::Lease;
 use crate::fds;
 use crate::outcome::panic_message;
 use crate::outcome::{Outcome, Summary};
@@ -54,7 +55,9 @@ pub fn serve(ctx: &Context, job: Accepted) {
     let id = job.ticket.id();
     let now = ctx.current.get();
     let connected = connect_backend(&now, &job.ticket);
-    let Ok((backend, index)) = connected else {
+    // `lease` counts this connection on its backend until it is dropped, however the
+    // connection ends (a panic unwinds through it too).
+    let Ok((backend, lease)) = connected else {
         let outcome = connected.err().unwrap_or(Outcome::ConnectFailed);
         ctx.current.stats().unserved(outcome);
         let summary = Summary {
@@ -69,7 +72,7 @@ pub fn serve(ctx: &Context, job: Accepted) {
         summary.log();
         return;
     };
-    let stats = Arc::clone(&now.backends[index]);
+    let stats = now.stats_of(&lease);
     stats.connected();
     let relay = RelaySettings::of(&now.config);
     for socket in [&job.client, &backend] {
@@ -87,7 +90,7 @@ pub fn serve(ctx: &Context, job: Accepted) {
         job.client,
         job.addr,
         backend,
-        now.balancer.backend(index).name.clone(),
+        lease.backend().name.clone(),
         job.accepted_at,
         Arc::clone(&stats),
         relay,
@@ -96,29 +99,30 @@ pub fn serve(ctx: &Context, job: Accepted) {
     job.ticket.attach(Arc::clone(&conn));
     relay_both(ctx, &conn);
     stats.closed(conn.cut_reason().unwrap_or(Outcome::Eof));
+    drop(lease); // Counted no more before its line is logged.
     // The summary is an info line: not even built (a `String` copy) below that level.
     if log::log_enabled!(log::Level::Info) {
         conn.summary().log();
     }
 }
 
-/// Tries the balancer's backends in order, each once; marks each failure down. `Ok` has
-/// the backend's index in `now`; `Err` is the connection's outcome: `ConnectFailed`, or
-/// `Shutdown` if the drain's cut abandoned the connect (the backend is not to blame then).
-fn connect_backend(now: &InForce, ticket: &Ticket) -> Result<(TcpStream, usize), Outcome> {
+/// Tries the balancer's backends in order, each once; marks each failure down. Returns
+/// the socket and its [`Lease`] (which counts the connection on its backend until it is
+/// dropped). `Err` is the connection's outcome: `ConnectFailed`, or `Shutdown` if the
+/// drain's cut abandoned the connect (the backend is not to blame then).
+fn connect_backend(now: &InForce, ticket: &Ticket) -> Result<(TcpStream, Lease), Outcome> {
     let id = ticket.id();
     let timeout = now.config.connect_timeout;
-    for index in now.balancer.plan() {
-        let backend = now.balancer.backend(index);
-        match connect(timeout, ticket, &backend.addr) {
+    for lease in now.balancer.plan() {
+        match connect(timeout, ticket, &lease.backend().addr) {
             Ok(stream) => {
-                now.balancer.mark_up(index);
-                return Ok((stream, index));
+                now.balancer.connected(&lease);
+                return Ok((stream, lease));
             }
             Err(_) if ticket.is_cut() => return Err(Outcome::Shutdown),
             Err(e) => {
-                now.backends[index].connect_failed();
-                if !now.balancer.connect_failed(id, index, &e) {
+                now.stats_of(&lease).connect_failed();
+                if !now.balancer.connect_failed(id, &lease, &e) {
                     return Err(Outcome::ConnectFailed);
                 }
             }

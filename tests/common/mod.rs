@@ -366,6 +366,8 @@ pub enum Target {
     Part4Broken,
     /// `part5 <config.lua>`: the worker pool
     Part5,
+    /// `part6 <config.lua>`: several backends, round robin, health checks
+    Part6,
     /// `part7 <config.lua>`: the mio event loop
     Part7,
     /// `rsp <proxy.lua>` in threads mode
@@ -375,7 +377,8 @@ pub enum Target {
     /// A reader's own proxy (`make test-N BIN=path`, or the environment variables
     /// [`BIN_VAR`] and [`PART_VAR`]), started with lesson part `part`'s command line:
     /// parts 1 and 2 take `LISTEN_PORT BACKEND_HOST BACKEND_PORT`, later parts a Lua
-    /// config file with `listenPort`, `backendAddress` and `backendPort`.
+    /// config file with `listenPort`, `backendAddress` and `backendPort` (part 6, given
+    /// several backends or check settings: [`balancer_lua`]).
     Bin { path: &'static str, part: u8 },
 }
 
@@ -389,6 +392,7 @@ impl std::fmt::Debug for Target {
             Target::Part4 => "Part4",
             Target::Part4Broken => "Part4Broken",
             Target::Part5 => "Part5",
+            Target::Part6 => "Part6",
             Target::Part7 => "Part7",
             Target::Rsp => "Rsp",
             Target::RspMio => "RspMio",
@@ -415,6 +419,7 @@ fn lessons() -> Vec<(u8, Target)> {
         (3, Target::Part3),
         (4, Target::Part4),
         (5, Target::Part5),
+        (6, Target::Part6),
     ];
     if cfg!(feature = "mio") {
         lessons.push((7, Target::Part7));
@@ -443,14 +448,37 @@ pub fn own_proxy() -> Option<Target> {
     })
 }
 
-/// When a reader's proxy is under test, says (on one line) that the check `what` is
-/// skipped and why, and returns true. For checks that need this project's own source.
-pub fn skipped_for_own_proxy(what: &str, why: &str) -> bool {
-    if let Some(Target::Bin { path, .. }) = own_proxy() {
-        println!("skipped for {path}: {what}: {why}");
+/// What a test prints, at the start of a line, when it cannot judge the binary under test.
+///
+/// Rust's test harness has no skip decided at run time: a test either passes or fails. So
+/// a test that cannot judge prints one line, `SKIPPED: reason`, and returns. `cargo test`
+/// then says `ok`; `make test-N` (which runs `tests/summary.py` over cargo's output) reads
+/// the line and counts the test as skipped, with that reason, not as passed.
+pub const SKIPPED: &str = "SKIPPED: ";
+
+/// Prints the line that marks the running test as skipped (see [`SKIPPED`]).
+pub fn skip(reason: &str) {
+    println!("{SKIPPED}{reason}");
+}
+
+/// When a reader's proxy is under test, marks the test skipped because it shows `what`
+/// on this project's own binaries (the problem before a fix), and returns true: such a
+/// test runs only without `BIN=`.
+pub fn skipped_for_own_proxy(what: &str) -> bool {
+    if own_proxy().is_some() {
+        skip(&format!(
+            "{what}: it runs this project's own binaries, not the proxy under test, so only \
+             without BIN="
+        ));
         return true;
     }
     false
+}
+
+/// The reader's proxy if one is under test, else `ours`: for tests of one lesson's own
+/// interface (its log lines, its signals, its `workers` key), which `rsp` does not share.
+pub fn own_proxy_or(ours: Vec<Target>) -> Vec<Target> {
+    own_proxy().map_or(ours, |own| vec![own])
 }
 
 impl Target {
@@ -463,9 +491,10 @@ impl Target {
             return match own {
                 Target::Bin { part, .. } if part >= n => vec![own],
                 _ => {
-                    println!(
-                        "skipped: part {n}'s behaviour, which the proxy under test (a later part's) need not have"
-                    );
+                    skip(&format!(
+                        "part {n}'s behaviour, which the proxy under test (started as an \
+                         earlier part) need not have"
+                    ));
                     vec![]
                 }
             };
@@ -477,6 +506,22 @@ impl Target {
             .collect();
         targets.extend(Target::rsp_modes());
         targets
+    }
+
+    /// The targets that balance over several backends: lesson part 6 and `rsp` (part 7,
+    /// the mio lesson, has one backend). With a reader's proxy under test, only that
+    /// proxy, and only if it follows part 6; else none, and a line says why.
+    pub fn load_balancers() -> Vec<Target> {
+        match own_proxy() {
+            Some(own @ Target::Bin { part: 6, .. }) => vec![own],
+            Some(Target::Bin { part, .. }) => {
+                skip(&format!(
+                    "part 6's load balancing, which a proxy that follows part {part} need not have"
+                ));
+                vec![]
+            }
+            _ => [vec![Target::Part6], Target::rsp_modes()].concat(),
+        }
     }
 
     /// The lessons from part `n` on that read part 3's Lua config (no `rsp`), or the
@@ -505,6 +550,8 @@ impl Target {
             Target::Part2 | Target::Part3 | Target::Part4 | Target::Part4Broken => Some(1),
             // The main thread, the default 8 workers and ctrlc's signal thread.
             Target::Part5 => Some(10),
+            // Part 5's, and the health-check thread.
+            Target::Part6 => Some(11),
             _ => None,
         }
     }
@@ -517,6 +564,7 @@ impl Target {
             Target::Part3 => env!("CARGO_BIN_EXE_part3"),
             Target::Part4 | Target::Part4Broken => env!("CARGO_BIN_EXE_part4"),
             Target::Part5 => env!("CARGO_BIN_EXE_part5"),
+            Target::Part6 => env!("CARGO_BIN_EXE_part6"),
             #[cfg(feature = "mio")]
             Target::Part7 => env!("CARGO_BIN_EXE_part7"),
             #[cfg(not(feature = "mio"))]
@@ -532,7 +580,9 @@ impl Target {
     }
 
     /// Starts this target in front of `backends`; `rsp` also gets `extra` appended to its
-    /// proxy.lua (one `key = value` per line). Lessons take one backend and no extras.
+    /// proxy.lua (one `key = value` per line). Lessons take one backend and no extras,
+    /// except the load balancers of part 6 on ([`Target::load_balancers`]): given several
+    /// backends or extras, they get [`balancer_lua`].
     pub fn start_with(self, backends: &[u16], extra: &str) -> Proxy {
         let backend = backends[0];
         let port_args = |prefix: &[&str]| -> Vec<String> {
@@ -551,7 +601,15 @@ impl Target {
         let args: Vec<String> = match self {
             Target::Part1 | Target::Part2 => port_args(&[]),
             Target::Bin { part, .. } if part <= 2 => port_args(&[]),
-            Target::Part3 | Target::Part4 | Target::Part5 | Target::Part7 | Target::Bin { .. } => {
+            Target::Part6 | Target::Bin { .. } if backends.len() > 1 || !extra.is_empty() => {
+                vec![balancer_lua(backends, extra).display().to_string()]
+            }
+            Target::Part3
+            | Target::Part4
+            | Target::Part5
+            | Target::Part6
+            | Target::Part7
+            | Target::Bin { .. } => {
                 vec![lesson_lua().display().to_string()]
             }
             Target::Part4Broken => vec!["--broken".into(), lesson_lua().display().to_string()],
@@ -572,18 +630,31 @@ impl Target {
     }
 }
 
-/// Writes an rsp config listening on port 0 in front of `backends`, plus `extra` lines.
-pub fn rsp_config(backends: &[u16], extra: &str) -> PathBuf {
+/// Writes a part-6 config (lesson part 6, or a reader's load balancer): `listenPort = "0"`,
+/// `backends = { "127.0.0.1:P", … }`, then `extra` lines (`check_interval = 0.2`, …).
+pub fn balancer_lua(backends: &[u16], extra: &str) -> PathBuf {
+    let list = backend_list(backends);
+    temp_file(
+        "balancer.lua",
+        &format!("listenPort = \"0\"\nbackends = {{ {list} }}\n{extra}\n"),
+    )
+}
+
+/// `"127.0.0.1:P1", "127.0.0.1:P2", …`: the inside of a Lua `backends` list.
+fn backend_list(backends: &[u16]) -> String {
     let list: Vec<String> = backends
         .iter()
         .map(|p| format!("\"127.0.0.1:{p}\""))
         .collect();
+    list.join(", ")
+}
+
+/// Writes an rsp config listening on port 0 in front of `backends`, plus `extra` lines.
+pub fn rsp_config(backends: &[u16], extra: &str) -> PathBuf {
+    let list = backend_list(backends);
     temp_file(
         "proxy.lua",
-        &format!(
-            "listen = \"127.0.0.1:0\"\nbackends = {{ {} }}\n{extra}\n",
-            list.join(", ")
-        ),
+        &format!("listen = \"127.0.0.1:0\"\nbackends = {{ {list} }}\n{extra}\n"),
     )
 }
 
@@ -628,14 +699,22 @@ impl Proxy {
             lines,
             rx,
         };
-        let banner = proxy
-            .wait_for_line("Started.  Listening on port ", BANNER_TIMEOUT)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{binary} {args:?}: no banner within {BANNER_TIMEOUT:?}; output:\n{}",
-                    proxy.output()
-                )
-            });
+        let banner = proxy.wait_for_line("Started.  Listening on port ", BANNER_TIMEOUT);
+        let Some(banner) = banner else {
+            // One line, so that the summary of `make test-N` shows the output too.
+            let output = proxy.output();
+            // Its output ended, or the time is up: if it has exited, it does so at once.
+            match proxy.wait_exit(Duration::from_secs(1)) {
+                Some(status) => {
+                    panic!(
+                        "{binary} {args:?} exited ({status}) without a banner; output: {output:?}"
+                    )
+                }
+                None => panic!(
+                    "{binary} {args:?}: no banner within {BANNER_TIMEOUT:?}; output: {output:?}"
+                ),
+            }
+        };
         proxy.port = parse_banner_port(&banner)
             .unwrap_or_else(|| panic!("cannot read a port in the banner {banner:?}"));
         proxy
@@ -678,9 +757,15 @@ impl Proxy {
         proc_status_field(self.pid(), "Threads:").unwrap_or(0) as usize
     }
 
-    /// The child's resident memory in KiB, from `/proc/PID/status`.
+    /// The resident memory in KiB of the child and every process it started (a proxy
+    /// may fork per connection, as socat does, or serve from worker processes, as nginx
+    /// does), summed from each one's `/proc/PID/status`.
     pub fn rss_kib(&self) -> u64 {
-        proc_status_field(self.pid(), "VmRSS:").unwrap_or(0)
+        let mut tree = descendants(self.pid());
+        tree.push(self.pid());
+        tree.iter()
+            .filter_map(|&pid| proc_status_field(pid, "VmRSS:"))
+            .sum()
     }
 
     /// The child's open file descriptors, from `/proc/PID/fd`.
@@ -727,10 +812,51 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    /// Kills the child, and every process it started: a wrapper script that starts the
+    /// proxy without `exec` would otherwise leave it running, and a forking proxy its
+    /// children.
     fn drop(&mut self) {
+        let others = descendants(self.pid());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !others.is_empty() {
+            let pids: Vec<String> = others.iter().map(u32::to_string).collect();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(&pids)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
+}
+
+/// The processes below `pid` (its children, theirs, and so on), from `/proc/*/stat`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    // (pid, parent) of every process. In `/proc/N/stat` the parent is the second field
+    // after the command name, which is in parentheses and may itself hold spaces.
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|entry| {
+                let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let after_name = &stat[stat.rfind(')')? + 1..];
+                Some((pid, after_name.split_whitespace().nth(1)?.parse().ok()?))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let mut found = vec![];
+    let mut frontier = vec![pid];
+    // Bounded: each round goes one generation down, and a process has one parent.
+    while let Some(parent) = frontier.pop() {
+        for &(child, _) in parents.iter().filter(|(_, p)| *p == parent) {
+            if !found.contains(&child) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// Runs `binary args…` to completion (bounded by `timeout`) and returns its exit code and
@@ -870,4 +996,121 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
 pub fn eof_count(text: &str, port: u16) -> f64 {
     let labels = format!("backend=\"127.0.0.1:{port}\",outcome=\"eof\"");
     metric(text, "rsp_connections_total", &labels).unwrap_or(-1.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// The C's long-request test (issue 17): Python's http.server and a client that sends
+// until it is refused
+// ---------------------------------------------------------------------------------------
+
+/// The C tests' mock backend (`fts/mock_backend.py`) in Python 3: a `BaseHTTPRequestHandler`
+/// on a `ThreadingHTTPServer` answering GET with [`HELLO`]. It prints its port, then serves.
+const PYTHON_BACKEND: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"Hello from the mock server")
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// Python's `http.server` on 127.0.0.1, port 0, as the C tests ran it. Killed when dropped.
+pub struct PythonBackend {
+    pub port: u16,
+    child: Child,
+}
+
+impl PythonBackend {
+    /// Starts it and reads its port (within [`BANNER_TIMEOUT`]).
+    pub fn start() -> PythonBackend {
+        let mut child = Command::new("python3")
+            .args(["-c", PYTHON_BACKEND])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "python3: {e} (the C's mock backend is Python's http.server: install python3)"
+                )
+            });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(BANNER_TIMEOUT).unwrap_or_default();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("python3 http.server: expected its port, got {line:?}")
+        });
+        PythonBackend { port, child }
+    }
+}
+
+impl Drop for PythonBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The client of the C's `test_gives_error_on_long_requests`: sends `GET / HTTP/1.1\r`,
+/// then `A-Header: some values\r` again and again (never a `\n`: one endless request line)
+/// until a send fails, then reads. Python's `http.server` gives up after 64 KiB, answers
+/// `HTTP/1.0 414`, and closes with the rest unread, which makes its kernel send a reset.
+/// Returns what the client read before its EOF or error, or an error if its sends never
+/// failed within 10 s (the proxy kept it waiting) or it sent 64 MiB.
+pub fn send_long_request(port: u16) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut sent = 0usize;
+    let mut chunk: &[u8] = b"GET / HTTP/1.1\r";
+    loop {
+        match stream.write(chunk) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(explain(e, "a send of the long request to be refused"));
+            }
+            Err(_) => break, // Refused: the C's `except: break`.
+        }
+        if sent > 64 << 20 {
+            return Err(io::Error::other("sent 64 MiB and nobody refused it"));
+        }
+        chunk = b"A-Header: some values\r";
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 10_000];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(answer),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(explain(e, "reading the answer to the long request"));
+            }
+            Err(_) => return Ok(answer), // A reset after the answer.
+        }
+    }
 }
