@@ -276,3 +276,58 @@ fn eventually_metrics(stats: u16, check: impl Fn(&str) -> bool) -> String {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A reload keeps the health state of a backend that stays (its node is reused: a DOWN
+/// backend stays DOWN, with no second DOWN line, as a fresh node starting UP would give),
+/// and the health checks follow the new backends: one added by the reload is probed.
+#[test]
+fn a_reload_keeps_health_states_and_probes_a_new_backend() {
+    for target in Target::rsp_modes() {
+        let live = Backend::hello();
+        let (down, added) = (dead_port(), dead_port());
+        let extra = "stats = \"127.0.0.1:0\"\nbackend_retry = 60\n\
+                     health_check = { interval = 0.2, timeout = 0.5, rise = 2, fall = 1 }";
+        let (mut proxy, path) = start(target, &[live.port, down], extra);
+        let stats = stats_port(&mut proxy);
+        let down_line = format!("backend 127.0.0.1:{down} is DOWN");
+        let seen = proxy.wait_for_line(&down_line, Duration::from_secs(20));
+        assert!(
+            seen.is_some(),
+            "{target:?}: no DOWN line:\n{}",
+            proxy.output()
+        );
+        let health = |text: &str, port: u16| {
+            let labels = format!("backend=\"127.0.0.1:{port}\"");
+            metric(text, "rsp_backend_health_up", &labels)
+        };
+        assert_eq!(health(&metrics(stats), down), Some(0.0), "{target:?}");
+
+        rewrite(&path, target, &[live.port, down, added], extra);
+        reload(&proxy, 1);
+        let text = metrics(stats);
+        assert_eq!(
+            health(&text, down),
+            Some(0.0),
+            "{target:?}: DOWN lost:\n{text}"
+        );
+        let added_line = format!("backend 127.0.0.1:{added} is DOWN");
+        let probed = proxy.wait_for_line(&added_line, Duration::from_secs(20));
+        assert!(
+            probed.is_some(),
+            "{target:?}: the new backend was never probed"
+        );
+        for _ in 0..4 {
+            assert_hello(&http_get(proxy.port, "/").unwrap());
+        }
+        let out = proxy.output();
+        assert_eq!(out.matches(&down_line).count(), 1, "{target:?}:\n{out}");
+        let threads = proxy.eventually(Duration::from_secs(10), |p| {
+            p.thread_names()
+                .iter()
+                .filter(|n| *n == "health-check")
+                .count()
+                == 1
+        });
+        assert!(threads, "{target:?}: not one health-check thread");
+    }
+}

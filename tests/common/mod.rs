@@ -757,6 +757,18 @@ impl Proxy {
         proc_status_field(self.pid(), "Threads:").unwrap_or(0) as usize
     }
 
+    /// The names of the child's threads (`/proc/PID/task/*/comm`).
+    pub fn thread_names(&self) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()));
+        tasks
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect()
+    }
+
     /// The resident memory in KiB of the child and every process it started (a proxy
     /// may fork per connection, as socat does, or serve from worker processes, as nginx
     /// does), summed from each one's `/proc/PID/status`.
