@@ -68,3 +68,13 @@ drain_timeout = 10     -- on Ctrl-C, how long to wait for open connections to fi
 
 -- How much rsp logs: "error", "warn", "info", "debug" or "trace".
 log_level = "info"
+
+-- The stats listener: a live page at http://127.0.0.1:8001/ and Prometheus metrics at
+-- /metrics. Off unless set. It has NO authentication: keep it on loopback (--check
+-- warns otherwise). Port 0 lets the OS choose (rsp logs "Stats on http://…/").
+-- stats = "127.0.0.1:8001"
+
+-- Reload: `kill -HUP <pid>` reads this file again. New connections get the new
+-- backends and timeouts; open ones keep what they started with. listen, mode, loops,
+-- workers, stats, log_level and drain_timeout need a restart (a reload warns and keeps
+-- them). A broken file changes nothing: rsp logs the error and serves on.

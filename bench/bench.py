@@ -12,6 +12,9 @@
     BENCH_LESSON_WORKERS=N ...        # the lesson's fixed pool (default 256)
     BENCH_MIO_LOOPS=N ...             # also run rsp-mio with `loops = N` as "rsp-mio-N"
                                       # (default 1; empty = only the default loops)
+    BENCH_STATS=0 ...                 # skip "stats-threads" and "stats-mio": rsp with its
+                                      # stats listener on and /metrics scraped once a second
+                                      # (default on), beside rsp-threads and rsp-mio (off)
     BENCH_CHECKS=1 ...                # also run rsp with `health_check` on, as
                                       # "rsp-threads+checks" and "rsp-mio+checks" (the
                                       # ratio table compares each with its mode unchecked)
@@ -36,7 +39,9 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 import loads
 import procs
@@ -49,6 +54,11 @@ RSP_ROOT = os.path.abspath(os.environ.get("BENCH_RSP_ROOT", ROOT))
 RELEASE = os.path.join(RSP_ROOT, "target", "release")
 # An older checkout to measure in the same run ("before"), or None.
 BASE_ROOT = os.environ.get("BENCH_BASE_ROOT") or None
+# Also run rsp with `stats` on ("stats-threads", "stats-mio"), its /metrics scraped.
+STATS = os.environ.get("BENCH_STATS", "1") not in ("", "0")
+# How often the stats targets' /metrics is fetched during the run (Prometheus' default
+# scrape interval is 15 s, the stats page fetches once a second: the busier of the two).
+SCRAPE_EVERY = 1.0
 # Its threads mode may predate the machine-derived `workers`: give it enough for 5,000.
 BASE_WORKERS = 6000
 BULK_SIZE = 100 * 1024 * 1024
@@ -162,6 +172,8 @@ def start_proxies(tmp, backend_port, settings, targets, notes):
         starters.append((f"rsp-mio-{settings.mio_loops}", start_rsp))
     if settings.lesson:
         starters.append((lesson_name(settings), start_lesson))
+    if STATS:
+        starters += [("stats-threads", start_rsp), ("stats-mio", start_rsp)]
     if BASE_ROOT:
         starters += [("base-threads", start_rsp), ("base-mio", start_rsp)]
     if os.environ.get("BENCH_CHECKS"):
@@ -216,16 +228,33 @@ def start_rsp(name, tmp, backend_port, settings):
         text += "health_check = { interval = 2, timeout = 1, rise = 2, fall = 3 }\n"
     if name.count("-") == 2:  # rsp-mio-N
         text += f"loops = {int(name.split('-')[2])}\n"
+    stats_port = procs.free_port() if name.startswith("stats-") else None
+    if stats_port:
+        text += f'stats = "127.0.0.1:{stats_port}"\n'
     conf = procs.write_conf(f"{tmp}/{name}.lua", text, name)
     if name == "rsp-threads" and settings.rsp_workers_shown is None:
         settings.rsp_workers_shown = procs.rsp_workers_line(binary, conf)
         print(f"rsp-threads: {settings.rsp_workers_shown}")
     server = procs.Server(name, [binary, conf], f"{tmp}/{name}.log")
+    server.stats_port = stats_port
     server.wait_ready()
     if not loads.fresh_request_ok(server.port, settings.small_path):
         server.stop()
         raise RuntimeError(f"{name} started but did not answer a request; log:\n{server.tail()}")
     return server
+
+
+def scrape(targets, stop):
+    """Fetches /metrics of every target with a stats port, every SCRAPE_EVERY seconds."""
+    while not stop.wait(SCRAPE_EVERY):
+        for t in targets:
+            port = getattr(t.server, "stats_port", None)
+            if port:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                        r.read()
+                except OSError:
+                    pass  # restarting; the next scrape finds it
 
 
 def lesson_name(settings):
@@ -362,15 +391,18 @@ def main():
     tmp = tempfile.mkdtemp(prefix="rsp-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as `nobody` and must read the static files
     targets, notes = [], []
+    stop_scraping = threading.Event()
     try:
         backend, settings.small_path, settings.bulk_path = start_backend(tmp, notes)
         targets.append(Target("direct", backend))
         start_proxies(tmp, backend.port, settings, targets, notes)
         print("bench:", notes[0])
+        threading.Thread(target=scrape, args=(targets, stop_scraping), daemon=True).start()
         warm_up(targets, settings)
         results = medians(measure_all(targets, settings))
         machine = account.others(sum(t.cpu_seconds() for t in targets))
     finally:
+        stop_scraping.set()
         for t in reversed(targets):  # the proxies first, the backend (direct) last
             t.server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -292,6 +292,7 @@ def ratio_table(results, names, settings):
     mine = ["rsp-threads", "rsp-mio"] + [n for n in names if n.startswith("rsp-mio-")]
     pairs = [("rsp-threads", lesson)] + [(me, "HAProxy") for me in mine] \
         + [(me, "direct") for me in ("rsp-threads", "rsp-mio")] \
+        + [(f"stats-{m}", f"rsp-{m}") for m in ("threads", "mio")] \
         + [(f"rsp-{m}", f"base-{m}") for m in ("threads", "mio")] \
         + [(f"rsp-{m}+checks", f"rsp-{m}") for m in ("threads", "mio")] \
         + [(f"base-{m}", "HAProxy") for m in ("threads", "mio")]

@@ -116,6 +116,28 @@ impl Balancer {
         }
     }
 
+    /// After a reload: a balancer over `backends` that keeps `old`'s node for each backend
+    /// that stays (same name and address), so its health state, skip and open-connection
+    /// count carry over, and leases in flight keep counting on it. A new weight applies to
+    /// the node at once.
+    pub fn reloaded(
+        backends: Vec<Backend>,
+        retry: Duration,
+        balance: Balance,
+        old: &Balancer,
+    ) -> Balancer {
+        let mut new = Balancer::new(backends, retry, balance);
+        for node in &mut new.nodes {
+            let b = node.backend();
+            let same = |o: &&Arc<Node>| o.backend().name == b.name && o.backend().addr == b.addr;
+            if let Some(kept) = old.nodes.iter().find(same) {
+                kept.set_weight(b.weight);
+                *node = Arc::clone(kept);
+            }
+        }
+        new
+    }
+
     /// Every backend, in config order.
     pub fn nodes(&self) -> &[Arc<Node>] {
         &self.nodes
@@ -355,6 +377,33 @@ mod tests {
         b.nodes[0].clear_skip();
         assert!(!b.nodes[0].is_skipped());
         assert_eq!(order(b.plan()).len(), 2);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_nodes_of_backends_that_stay() {
+        let old = balancer(3);
+        let held = old.plan().next().unwrap(); // on backend 0
+        skip(&old, 1, Instant::now() + Duration::from_secs(60));
+        old.nodes[2].set_up(false);
+        let mut kept: Vec<Backend> = old.nodes.iter().map(|n| n.backend().clone()).collect();
+        kept[1].weight = 5;
+        let new_one = Backend {
+            name: "127.0.0.1:9100".into(),
+            addr: ([127, 0, 0, 1], 9100).into(),
+            weight: 1,
+        };
+        kept.push(new_one);
+        let new = Balancer::reloaded(kept, old.retry, Balance::LeastConn, &old);
+        assert_eq!(new.nodes[0].open(), 1, "an open connection was lost");
+        assert!(new.nodes[1].is_skipped() && new.nodes[1].weight() == 5);
+        assert!(!new.nodes[2].is_up(), "a DOWN backend came back UP");
+        assert!(new.nodes[3].is_up() && new.nodes[3].open() == 0);
+        drop(held);
+        assert_eq!(
+            new.nodes[0].open(),
+            0,
+            "the lease in flight counts on the same node"
+        );
     }
 
     #[test]

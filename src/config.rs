@@ -14,6 +14,7 @@
 
 mod address;
 mod balance;
+pub(crate) use balance::show_health_check;
 mod deadline;
 mod validate;
 
@@ -99,6 +100,8 @@ pub struct Config {
     /// Mio mode: event loops, each on its own thread; the default is one per CPU this
     /// process may use.
     pub loops: usize,
+    /// Where the stats page and `/metrics` listen ([`crate::stats`]); `None` = off.
+    pub stats: Option<SocketAddr>,
     /// How clients are spread over the backends.
     pub balance: crate::balancer::Balance,
     /// Active health checks (`health_check = { … }`); `None` = off.
@@ -124,6 +127,7 @@ impl Config {
             mode: Mode::Threads,
             max_buffered: 256 * 1024,
             loops: default_loops(),
+            stats: None,
             balance: crate::balancer::Balance::RoundRobin,
             health_check: None,
         }
@@ -180,6 +184,10 @@ impl Loaded {
             (
                 "health_check",
                 balance::show_health_check(c.health_check.as_ref()),
+            ),
+            (
+                "stats",
+                c.stats.map_or("nil".into(), |a| format!("\"{a}\"")),
             ),
         ];
         let mut out = String::new();

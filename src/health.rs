@@ -26,6 +26,11 @@
 //! when its [`Checker`] is dropped: at once between probes, or when the probe under way
 //! ends. Dropping waits for that up to [`STOP_WAIT`] (a probe's `timeout` may be long, and
 //! a connect cannot be interrupted), then lets the thread finish on its own.
+//!
+//! The checker belongs to the configuration in force ([`crate::reload::Current`]): a
+//! reload drops it and starts one on the new balancer, whose nodes for the backends that
+//! stay are the old ones, so their UP/DOWN state carries over (a streak under way starts
+//! again). Shutdown stops it for good.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;

@@ -20,6 +20,8 @@
 //! | active health checks on their own thread: UP/DOWN after `rise`/`fall` probes | [`health`] |
 //! | running out of file descriptors: recognising it, the retry pace | [`fds`] |
 //! | how a connection ended, its one-line summary | [`outcome`] |
+//! | counters, the stats page and `/metrics` (`stats = "127.0.0.1:8001"`) | [`stats`] |
+//! | the config in force, reloaded on SIGHUP; the SIGTERM/SIGHUP thread | [`reload`] |
 //! | `mode = "threads"`: accept loop, worker pool, two blocking copies | [`threads`] |
 //! | `mode = "mio"`: event loops, one per core, each for the connections it accepted (feature `mio`) | `event_loop` |
 //!
@@ -38,6 +40,8 @@ pub mod health;
 pub mod listen;
 pub mod logging;
 pub mod outcome;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod threads;

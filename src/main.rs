@@ -100,7 +100,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     // printed straight to stderr.
     print_warnings(&loaded.warnings);
     rsp::logging::init(loaded.config.log_level);
-    let result = rsp::server::run(loaded.config);
+    let result = rsp::server::run(loaded.config, Some(path.to_path_buf()));
     // Lines are written by a thread of their own (`logging`): let it finish, but never
     // wait long for a log nobody reads.
     rsp::logging::flush(LOG_FLUSH);

@@ -1,18 +1,20 @@
 //! Ctrl-C and SIGTERM: stop accepting, let open connections drain, exit.
 //!
-//! The `ctrlc` crate runs our handler on its own thread. The main thread may be blocked in
-//! `accept()`, and a flag alone would not wake it, so the handler also calls a `wake`
-//! function: threads mode connects to its own listen address ([`ListenerWake`]), an
-//! event loop would use its `mio::Waker`. What to do after waking (accept the backlog,
-//! close the listener, drain, cut) is up to the mode; this module only owns the flag and
-//! the signal handler. The handler sets its flags and wakes the mode *before* it logs:
-//! a log line may have to wait (see [`crate::logging`]), a stop must not.
+//! The `ctrlc` crate runs our handler on its own thread for Ctrl-C (SIGINT); SIGTERM
+//! runs the same handler from the signal thread of [`crate::reload`] (`ctrlc` takes only
+//! SIGINT, so that SIGHUP can reload). The main thread may be blocked in `accept()`, and
+//! a flag alone would not wake it, so the handler also calls a `wake` function: threads
+//! mode connects to its own listen address ([`ListenerWake`]), an event loop would use
+//! its `mio::Waker`. What to do after waking (accept the backlog, close the listener,
+//! drain, cut) is up to the mode; this module only owns the flag and the signal handler.
+//! The handler sets its flags and wakes the mode *before* it logs: a log line may have to
+//! wait (see [`crate::logging`]), a stop must not.
 //!
-//! A second signal exits with status 130 (128 + SIGINT), as shells do, within
-//! [`SECOND_SIGNAL_LIMIT`], after the mode has reset every open connection
-//! ([`Shutdown::on_second_signal`]): a process that just exits would close them with a
-//! FIN, and a cut-off transfer would look complete. Its last log line says how many
-//! connections it cut.
+//! A second signal (Ctrl-C or SIGTERM, in any mix) exits with status 130 (128 + SIGINT),
+//! as shells do, within [`SECOND_SIGNAL_LIMIT`], after the mode has reset every open
+//! connection ([`Shutdown::on_second_signal`]): a process that just exits would close
+//! them with a FIN, and a cut-off transfer would look complete. Its last log line says
+//! how many connections it cut.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -39,6 +41,9 @@ const SECOND_SIGNAL_FLUSH: Duration = Duration::from_millis(800);
 /// What the second signal runs before the process exits (see [`Shutdown::on_second_signal`]).
 type ExitHook = Box<dyn Fn(Instant) -> usize + Send>;
 
+/// What a signal runs: the first one stops, the second exits.
+type Handler = Arc<dyn Fn() + Send + Sync>;
+
 /// The "we are shutting down" flag, shared by the signal handler and the server.
 #[derive(Default)]
 pub struct Shutdown {
@@ -50,6 +55,10 @@ pub struct Shutdown {
     signals: AtomicUsize,
     /// Run by the second signal before exiting: resets the open connections.
     exit_hook: Mutex<Option<ExitHook>>,
+    /// What a signal does (set by [`Shutdown::install_handler`]); SIGTERM arrives on the
+    /// signal thread of [`crate::reload`] and runs it through [`Shutdown::signal`]. Not
+    /// locked while it runs: a second signal on the other thread must not wait for it.
+    handler: std::sync::OnceLock<Handler>,
 }
 
 impl std::fmt::Debug for Shutdown {
@@ -91,17 +100,25 @@ impl Shutdown {
         !self.stopping.swap(true, Ordering::SeqCst)
     }
 
-    /// Installs the process's Ctrl-C / SIGTERM / SIGHUP handler. The first signal sets the
-    /// flag, calls `wake`, then logs; the second sets `exiting`, runs the hook set with
-    /// [`Shutdown::on_second_signal`], logs how many connections it cut and exits with
-    /// [`SECOND_SIGNAL_EXIT_CODE`] within [`SECOND_SIGNAL_LIMIT`]. Fails if a handler is
-    /// already installed (the `ctrlc` crate allows one per process).
+    /// Runs what Ctrl-C runs (for SIGTERM, which `ctrlc` does not take: see
+    /// [`crate::reload`]).
+    pub fn signal(&self) {
+        if let Some(handler) = self.handler.get() {
+            handler();
+        }
+    }
+
+    /// Installs the process's Ctrl-C handler (SIGTERM comes through [`Shutdown::signal`]).
+    /// The first signal sets the flag, calls `wake`, then logs; the second sets `exiting`,
+    /// runs the hook set with [`Shutdown::on_second_signal`], logs how many connections it
+    /// cut and exits with [`SECOND_SIGNAL_EXIT_CODE`] within [`SECOND_SIGNAL_LIMIT`]. Fails
+    /// if a handler is already installed (the `ctrlc` crate allows one per process).
     pub fn install_handler<F>(self: &Arc<Self>, wake: F) -> io::Result<()>
     where
-        F: Fn() + Send + 'static,
+        F: Fn() + Send + Sync + 'static,
     {
         let this = Arc::clone(self);
-        ctrlc::set_handler(move || {
+        let handler = move || {
             if this.signals.fetch_add(1, Ordering::SeqCst) == 0 {
                 this.begin();
                 wake();
@@ -111,8 +128,11 @@ impl Shutdown {
             } else {
                 this.exit_now();
             }
-        })
-        .map_err(|e| io::Error::other(format!("cannot install the Ctrl-C handler: {e}")))
+        };
+        let _ = self.handler.set(Arc::new(handler));
+        let this = Arc::clone(self);
+        ctrlc::set_handler(move || this.signal())
+            .map_err(|e| io::Error::other(format!("cannot install the Ctrl-C handler: {e}")))
     }
 
     /// The second signal: resets every connection (the hook), logs how many, writes out

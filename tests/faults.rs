@@ -1925,10 +1925,11 @@ fn a_thread_that_cannot_start_stops_accepting_until_one_can() {
         client.write_all(b"later\n").unwrap();
         waiting.push((client, b"later\n".to_vec()));
     }
-    // rsp holds the listener and 2 sockets per served client, and at most the one client
-    // it had accepted as the threads ran out (with its backend); the rest are not its.
+    // rsp holds the listener, the socket pair of its SIGTERM/SIGHUP thread (signal-hook's
+    // self-pipe), 2 sockets per served client, and at most the one client it had accepted
+    // as the threads ran out (with its backend); the rest are not its.
     let held = sockets_of(proxy.pid());
-    let most = 1 + 2 * served.len() + 2;
+    let most = 1 + 2 + 2 * served.len() + 2;
     println!(
         "rsp holds {held} sockets for {} served clients",
         served.len()

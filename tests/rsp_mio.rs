@@ -68,8 +68,8 @@ fn open_idle(proxy: &Proxy, backend: &Backend, n: usize) -> Vec<TcpStream> {
 }
 
 /// 2,000 idle connections stay open through rsp for 2 s on ONE event-loop thread (plus
-/// the Ctrl-C handler's and the log writer's), cost under 8 KiB of RSS each, and a fresh
-/// request is served.
+/// the Ctrl-C handler's, the log writer's and the SIGTERM/SIGHUP thread), cost under
+/// 8 KiB of RSS each, and a fresh request is served.
 #[test]
 fn holds_2000_idle_connections_on_one_thread() {
     const N: usize = 2_000;
@@ -97,8 +97,8 @@ fn holds_2000_idle_connections_on_one_thread() {
     let grown = proxy.rss_kib().saturating_sub(rss_before);
     println!("mio mode, {N} idle: {threads} threads, RSS +{grown} KiB");
     assert_eq!(
-        threads, 3,
-        "the event loop, the Ctrl-C handler and the log writer"
+        threads, 4,
+        "the event loop, the Ctrl-C handler, the log writer and the SIGTERM/SIGHUP thread"
     );
     assert!(
         grown < 8 * N as u64,
@@ -127,9 +127,9 @@ fn wait_for_accepts(proxy: &Proxy, n: usize) {
 }
 
 /// With `loops = 4`, rsp runs four event-loop threads (plus the Ctrl-C handler's and the
-/// log writer's) and the kernel spreads 40 clients over more than one of them
-/// (`SO_REUSEPORT` picks a listener by a hash of the client's port: all 40 on one loop has
-/// odds of 4 in 4^40).
+/// log writer's and the SIGTERM/SIGHUP thread) and the kernel spreads 40 clients over more
+/// than one of them (`SO_REUSEPORT` picks a listener by a hash of the client's port: all 40
+/// on one loop has odds of 4 in 4^40).
 #[test]
 fn several_loops_share_the_clients() {
     const CLIENTS: usize = 40;
@@ -137,8 +137,8 @@ fn several_loops_share_the_clients() {
     let proxy = Target::RspMio.start_with(&[backend.port], "loops = 4\nlog_level = \"debug\"");
     assert_eq!(
         proxy.threads(),
-        6,
-        "4 loops plus the Ctrl-C handler and the log writer"
+        7,
+        "4 loops plus the Ctrl-C handler, the log writer and the SIGTERM/SIGHUP thread"
     );
     for i in 0..CLIENTS {
         let request = format!("request {i}");

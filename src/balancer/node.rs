@@ -4,7 +4,7 @@
 //! and event loops (is it available? how many open?), the health checks (which set UP
 //! and DOWN), and anything that reports on the backends.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -20,11 +20,14 @@ pub struct Node {
     up: AtomicBool,
     /// Skipped until this [`tick`] after a failed connect; 0 = not skipped.
     skip_until: AtomicU64,
+    /// Its weight now: the config's, or a reload's (see [`super::Balancer::reloaded`]).
+    weight: AtomicU32,
 }
 
 impl Node {
     pub(super) fn new(backend: Backend) -> Node {
         Node {
+            weight: AtomicU32::new(backend.weight),
             backend,
             open: AtomicUsize::new(0),
             up: AtomicBool::new(true),
@@ -32,7 +35,8 @@ impl Node {
         }
     }
 
-    /// The backend as configured (name, address, weight).
+    /// The backend as configured (name, address; its weight as first configured: a
+    /// reload may change it, see [`Node::weight`]).
     pub fn backend(&self) -> &Backend {
         &self.backend
     }
@@ -76,8 +80,13 @@ impl Node {
         self.is_up() && !self.skipped_at(now)
     }
 
-    pub(super) fn weight(&self) -> u64 {
-        u64::from(self.backend.weight.max(1))
+    /// Its weight in force (at least 1).
+    pub fn weight(&self) -> u64 {
+        u64::from(self.weight.load(Ordering::Relaxed).max(1))
+    }
+
+    pub(super) fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
     }
 }
 

@@ -41,6 +41,21 @@ impl Checker<'_> {
         }
     }
 
+    /// `stats`: a "host:port" string, or `None` if the file left it out (stats off).
+    pub(super) fn stats(&mut self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.values.get("stats") {
+            None => {
+                self.defaulted.push("stats");
+                Ok(None)
+            }
+            Some(Raw::Str(text)) => resolve(text).map(Some).map_err(|e| self.error("stats", e)),
+            Some(other) => Err(self.error(
+                "stats",
+                format!("expected a \"host:port\" string, got {other}"),
+            )),
+        }
+    }
+
     fn backends(&mut self) -> Result<Vec<Backend>, ConfigError> {
         let expected = "expected a list of \"host:port\" strings";
         let items = match self.values.get("backends") {

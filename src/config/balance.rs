@@ -136,7 +136,7 @@ pub(super) fn show_backend(backend: &Backend) -> String {
 }
 
 /// The `health_check` table as `--check` shows it (the defaults when `None`), as Lua.
-pub(super) fn show_health_check(settings: Option<&Settings>) -> String {
+pub(crate) fn show_health_check(settings: Option<&Settings>) -> String {
     let defaults = Settings::default();
     let s = settings.unwrap_or(&defaults);
     let mut fields = vec![

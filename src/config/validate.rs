@@ -53,7 +53,7 @@ pub(super) fn shown(value: &Raw) -> String {
 }
 
 /// The keys rsp reads, in the order `--check` prints them.
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "listen",
     "backends",
     "workers",
@@ -69,6 +69,7 @@ const KEYS: [&str; 15] = [
     "max_buffered",
     "balance",
     "health_check",
+    "stats",
 ];
 /// The blog's part-3 keys, still accepted so a reader's part-3 config runs unchanged.
 pub(super) const PART3_KEYS: [&str; 3] = ["listenPort", "backendAddress", "backendPort"];
@@ -139,6 +140,13 @@ pub(super) fn build(file: &str, values: &BTreeMap<String, Raw>) -> Result<Loaded
     c.balancing(&mut config)?;
     if config.mode != Mode::Threads {
         warnings.clear(); // `workers` is a threads-mode setting.
+    }
+    config.stats = c.stats()?;
+    if let Some(addr) = config.stats.filter(|a| !a.ip().is_loopback()) {
+        warnings.push(format!(
+            "{file}: warning: stats = \"{addr}\" is reachable from other machines; the stats \
+             page has no authentication (keep it on loopback, e.g. \"127.0.0.1:8001\")"
+        ));
     }
     warnings.extend(unknown_key_warnings(file, values));
     Ok(Loaded {

@@ -14,6 +14,7 @@
 //! `connect_timeout`) as other connections close and free theirs.
 
 use std::io::{self, ErrorKind};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::Registry;
@@ -23,6 +24,8 @@ use super::connection::{Ctx, Side, interest, token};
 use crate::balancer::{Lease, Plan};
 use crate::fds;
 use crate::outcome::Outcome;
+use crate::reload::InForce;
+use crate::stats::BackendStats;
 
 /// A backend connect under way.
 #[derive(Debug)]
@@ -37,6 +40,9 @@ pub struct Connecting {
     retry_at: Option<Instant>,
     /// Backends to try after this one.
     to_try: Plan,
+    /// The configuration in force when the client came: its balancer made the plan, and
+    /// keeps it whatever a reload does meanwhile.
+    now: Arc<InForce>,
 }
 
 /// What became of a connect after an event or a tick.
@@ -44,32 +50,39 @@ pub struct Connecting {
 pub enum Step {
     /// Still under way (maybe with the next backend).
     Waiting(Connecting),
-    /// Connected to the lease's backend.
-    Connected(TcpStream, Lease),
+    /// Connected to the lease's backend, with its counters.
+    Connected(TcpStream, Lease, Arc<BackendStats>),
 }
 
 impl Connecting {
     /// Starts connection `id`'s connect to the first backend of a fresh balancer plan.
     /// Fails with [`Outcome::ConnectFailed`] if no backend can even be tried.
     pub fn start(id: u64, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
-        Connecting::next(id, ctx.balancer.plan(), ctx)
+        let now = Arc::clone(ctx.in_force);
+        Connecting::next(id, now.balancer.plan(), now, ctx)
     }
 
     /// Starts a connect to the next backend in `to_try` that accepts one.
-    fn next(id: u64, mut to_try: Plan, ctx: &mut Ctx) -> Result<Connecting, Outcome> {
+    fn next(
+        id: u64,
+        mut to_try: Plan,
+        mut now: Arc<InForce>,
+        ctx: &mut Ctx,
+    ) -> Result<Connecting, Outcome> {
         while let Some(lease) = to_try.next() {
             let mut connecting = Connecting {
                 stream: None,
                 lease,
-                deadline: ctx.now + ctx.settings.connect_timeout,
+                deadline: ctx.now + now.config.connect_timeout,
                 retry_at: None,
                 to_try,
+                now,
             };
             match connecting.open(id, ctx) {
                 Ok(()) => return Ok(connecting),
-                Err(e) => failed(id, &connecting.lease, &e, ctx)?,
+                Err(e) => failed(id, &connecting.lease, &e, &connecting.now)?,
             }
-            to_try = connecting.to_try;
+            (to_try, now) = (connecting.to_try, connecting.now);
         }
         Err(Outcome::ConnectFailed)
     }
@@ -122,9 +135,11 @@ impl Connecting {
                 _ => self.give_up(id, &e, ctx),
             };
         }
-        ctx.balancer.connected(&self.lease);
+        self.now.balancer.connected(&self.lease);
         let _ = stream.set_nodelay(true); // A latency hint; failing is harmless.
-        Ok(Step::Connected(stream, self.lease))
+        let stats = self.now.stats_of(&self.lease);
+        stats.connected();
+        Ok(Step::Connected(stream, self.lease, stats))
     }
 
     /// A deadline passed: retries a connect that lacked an fd, gives up one that took too
@@ -148,8 +163,8 @@ impl Connecting {
         if let Some(mut stream) = self.stream.take() {
             let _ = ctx.registry.deregister(&mut stream);
         }
-        failed(id, &self.lease, error, ctx)?;
-        Connecting::next(id, self.to_try, ctx).map(Step::Waiting)
+        failed(id, &self.lease, error, &self.now)?;
+        Connecting::next(id, self.to_try, self.now, ctx).map(Step::Waiting)
     }
 
     /// Stops waiting: deregisters the socket (dropping `self` closes it).
@@ -161,10 +176,11 @@ impl Connecting {
 }
 
 /// Reports a failed attempt on `lease`'s backend to the balancer (which logs it and skips
-/// the backend). `Err` when the connection should give up rather than try the next
-/// backend (out of fds: another backend would fail alike).
-fn failed(id: u64, lease: &Lease, error: &io::Error, ctx: &mut Ctx) -> Result<(), Outcome> {
-    match ctx.balancer.connect_failed(id, lease, error) {
+/// the backend) and counts it. `Err` when the connection should give up rather than try
+/// the next backend (out of fds: another backend would fail alike).
+fn failed(id: u64, lease: &Lease, error: &io::Error, now: &InForce) -> Result<(), Outcome> {
+    now.stats_of(lease).connect_failed();
+    match now.balancer.connect_failed(id, lease, error) {
         true => Ok(()),
         false => Err(Outcome::ConnectFailed),
     }

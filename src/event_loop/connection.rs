@@ -15,8 +15,11 @@ use mio::{Interest, Registry, Token};
 
 use super::connect::{Connecting, Step};
 use super::pipe::{Fault, Pipe, Pumped};
-use crate::balancer::{Balancer, Lease};
+use crate::balancer::Lease;
 use crate::outcome::{Outcome, Summary};
+use crate::reload::InForce;
+use crate::stats::BackendStats;
+use std::sync::Arc;
 
 /// Which socket of a connection an event is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +62,6 @@ pub fn interest() -> Interest {
 pub struct Settings {
     /// Bytes queued per direction before its source is paused.
     pub max_buffered: usize,
-    /// How long one backend connect may take.
-    pub connect_timeout: Duration,
     /// Close a connection with no bytes moving for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
     /// Close a connection on which no byte moved either way this long after it was
@@ -72,9 +73,9 @@ pub struct Settings {
 pub struct Ctx<'a> {
     /// Where sockets are registered for events.
     pub registry: &'a Registry,
-    /// Picks backends; told which ones fail.
-    pub balancer: &'a Balancer,
-    /// The config values.
+    /// The configuration in force (backends, balancer, counters) for new connections.
+    pub in_force: &'a Arc<InForce>,
+    /// The config values in force, for new connections.
     pub settings: Settings,
     /// The loop's one read buffer, shared by every connection.
     pub buf: &'a mut [u8],
@@ -88,8 +89,8 @@ enum Backend {
     /// The connect is under way.
     Connecting(Connecting),
     /// Connected to the lease's backend (the lease counts the connection on it until
-    /// the connection is dropped).
-    Connected(TcpStream, Lease),
+    /// the connection is dropped), with the backend's counters.
+    Connected(TcpStream, Lease, Arc<BackendStats>),
     /// No backend: every connect failed (the connection is about to close).
     Failed,
 }
@@ -116,6 +117,10 @@ pub struct Conn {
     /// The first peer that reset or vanished: the connection ends once the bytes that
     /// peer sent before are delivered (see [`Conn::fail`]).
     failed: Option<Side>,
+    /// The config values in force when it was accepted (a reload does not change them).
+    settings: Settings,
+    /// Bytes up and down already added to the backend's counters.
+    counted: [u64; 2],
 }
 
 impl Conn {
@@ -151,6 +156,8 @@ impl Conn {
             started: ctx.now,
             last_active: ctx.now,
             failed: None,
+            settings: ctx.settings,
+            counted: [0, 0],
         };
         (conn, result)
     }
@@ -207,9 +214,9 @@ impl Conn {
         };
         self.backend = match step {
             Step::Waiting(connecting) => Backend::Connecting(connecting),
-            Step::Connected(stream, lease) => {
+            Step::Connected(stream, lease, stats) => {
                 self.last_active = ctx.now;
-                Backend::Connected(stream, lease)
+                Backend::Connected(stream, lease, stats)
             }
         };
         Ok(())
@@ -220,7 +227,7 @@ impl Conn {
     fn check_error(&mut self, side: Side) {
         let socket = match (side, &self.backend) {
             (Side::Client, _) => &self.client,
-            (Side::Backend, Backend::Connected(stream, _)) => stream,
+            (Side::Backend, Backend::Connected(stream, ..)) => stream,
             (Side::Backend, _) => return,
         };
         match socket.take_error() {
@@ -231,7 +238,7 @@ impl Conn {
 
     /// `side` is writable: writes the queue headed there.
     fn flush(&mut self, side: Side, ctx: &mut Ctx) -> Result<(), Outcome> {
-        let Backend::Connected(backend, _) = &self.backend else {
+        let Backend::Connected(backend, ..) = &self.backend else {
             return Ok(());
         };
         let other_done = match side {
@@ -242,20 +249,44 @@ impl Conn {
             Side::Client => (&mut self.down, &self.client, Side::Backend),
             Side::Backend => (&mut self.up, backend, Side::Client),
         };
-        match pipe.flush(dst, ctx.settings.max_buffered, self.id, other_done) {
+        match pipe.flush(dst, self.settings.max_buffered, self.id, other_done) {
             Ok(true) => self.last_active = ctx.now,
             Ok(false) => {}
             Err(fault) => self.fault(source, fault),
         }
+        self.count_bytes();
         Ok(())
+    }
+
+    /// Adds the bytes delivered since the last call to the backend's counters: one
+    /// atomic add per direction that moved.
+    fn count_bytes(&mut self) {
+        let Backend::Connected(_, _, stats) = &self.backend else {
+            return;
+        };
+        for (i, delivered) in [self.up.delivered(), self.down.delivered()]
+            .into_iter()
+            .enumerate()
+        {
+            if delivered > self.counted[i] {
+                stats.add_bytes(i == 0, delivered - self.counted[i]);
+                self.counted[i] = delivered;
+            }
+        }
+    }
+
+    /// Bytes queued both ways, and how many directions are paused (stats page).
+    pub fn backlog(&self) -> (usize, usize) {
+        let ((up, up_paused), (down, down_paused)) = (self.up.backlog(), self.down.backlog());
+        (up + down, usize::from(up_paused) + usize::from(down_paused))
     }
 
     /// Moves bytes both ways as far as the sockets allow. `Ok(true)`: call again soon.
     pub fn pump(&mut self, ctx: &mut Ctx) -> Result<bool, Outcome> {
-        let Backend::Connected(backend, _) = &self.backend else {
+        let Backend::Connected(backend, ..) = &self.backend else {
             return Ok(false);
         };
-        let max = ctx.settings.max_buffered;
+        let max = self.settings.max_buffered;
         let last = self.down.is_done();
         let up = self
             .up
@@ -266,7 +297,7 @@ impl Conn {
         });
         // Read the backend even if the client just failed: a reset backend's last bytes
         // are still in its socket (see `Conn::fail`).
-        let Backend::Connected(backend, _) = &self.backend else {
+        let Backend::Connected(backend, ..) = &self.backend else {
             return Ok(false);
         };
         let last = self.up.is_done();
@@ -279,6 +310,7 @@ impl Conn {
         });
         if up.moved || down.moved {
             self.last_active = ctx.now;
+            self.count_bytes();
         }
         Ok(up.more || down.more)
     }
@@ -328,7 +360,8 @@ impl Conn {
 
     /// When [`Conn::on_tick`] has something to do: the connect, the idle or the client
     /// deadline.
-    pub fn deadline(&self, settings: &Settings) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Instant> {
+        let settings = &self.settings;
         match &self.backend {
             Backend::Connecting(connecting) => Some(connecting.deadline()),
             Backend::Connected(..) => {
@@ -350,11 +383,11 @@ impl Conn {
     /// backend; a client silent for `client_timeout`, or a connection idle for
     /// `idle_timeout`, ends.
     pub fn on_tick(&mut self, ctx: &mut Ctx) -> Result<(), Outcome> {
-        match self.deadline(&ctx.settings) {
+        match self.deadline() {
             Some(deadline) if ctx.now >= deadline => match self.backend {
                 Backend::Connecting(_) => self.step_connect(ctx, true),
                 _ if self
-                    .client_deadline(&ctx.settings)
+                    .client_deadline(&self.settings)
                     .is_some_and(|t| ctx.now >= t) =>
                 {
                     Err(Outcome::ClientTimeout)
@@ -377,16 +410,19 @@ impl Conn {
     /// closed, and these fds are never `dup`ed, so dropping them is enough (and saves two
     /// `epoll_ctl` calls per connection, a tenth of its syscalls). A late event for a
     /// token of ours finds no connection in the map and is ignored.
-    pub fn close(self, outcome: Outcome, registry: &Registry) -> Summary {
+    /// A connection that reached a backend is counted closed in its counters.
+    pub fn close(mut self, outcome: Outcome, registry: &Registry) -> Summary {
+        self.count_bytes();
         let ends = outcome.ends(self.moved());
         if ends.client {
             reset_on_close(&self.client);
         }
         let backend = match self.backend {
-            Backend::Connected(stream, lease) => {
+            Backend::Connected(stream, lease, stats) => {
                 if ends.backend {
                     reset_on_close(&stream);
                 }
+                stats.closed(outcome);
                 lease.backend().name.clone()
             }
             Backend::Connecting(connecting) => {
@@ -418,7 +454,7 @@ impl Conn {
     /// on even the process's exit (which may come first) resets both peers, never a FIN.
     pub fn reset_on_exit(&self) {
         reset_on_close(&self.client);
-        if let Backend::Connected(stream, _) = &self.backend {
+        if let Backend::Connected(stream, ..) = &self.backend {
             reset_on_close(stream);
         }
     }

@@ -59,16 +59,18 @@ use std::thread;
 
 use mio::{Poll, Waker};
 
-use crate::balancer::Balancer;
-use crate::config::Config;
+use crate::reload::Current;
 use crate::shutdown::{DrainLog, Shutdown};
+use crate::stats::{Live, LoopGauge, ModeFigures};
 use one_loop::{EventLoop, WAKER};
 use shared::Shared;
 
 /// Runs the proxy in mio mode until Ctrl-C (or SIGTERM), then drains and returns `Ok`.
 /// Errors only if it cannot start (e.g. the listen address is taken), or if an event loop
-/// fails (then the other loops drain first).
-pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
+/// fails (then the other loops drain first). New clients get the configuration in force
+/// in `current` (SIGHUP reloads it).
+pub fn run(current: Arc<Current>) -> io::Result<()> {
+    let config = current.get().config.clone();
     let n = config.loops.max(1);
     let listeners = crate::listen::listen_many(config.listen, n)?;
     let port = listeners[0].local_addr()?.port();
@@ -80,7 +82,9 @@ pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
         polls.push(poll);
     }
     let shared = Arc::new(Shared {
-        balancer,
+        current: Arc::clone(&current),
+        gauges: (0..n).map(|_| LoopGauge::default()).collect(),
+        gauges_wanted: config.stats.is_some(),
         open: AtomicUsize::new(0),
         max_conns: crate::listen::connection_limit().unwrap_or(usize::MAX),
         limit_logged: AtomicBool::new(false),
@@ -98,6 +102,24 @@ pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
     shutdown.on_second_signal(move |deadline| exiting.cut_everywhere(deadline));
     let waking = Arc::clone(&shared);
     shutdown.install_handler(move || waking.wake_all())?;
+    let stopper = Arc::clone(&shutdown);
+    crate::reload::watch_signals(Arc::clone(&current), move || stopper.signal())?;
+    let (seen, stopping) = (Arc::downgrade(&shared), Arc::clone(&shutdown));
+    let max_buffered = config.max_buffered;
+    current.stats().set_view(move || {
+        let shared = seen.upgrade();
+        let loops = shared.as_ref().map_or(Vec::new(), |s| {
+            s.gauges.iter().map(LoopGauge::read).collect()
+        });
+        Live {
+            open: shared.as_ref().map_or(0, |s| s.open()),
+            draining: stopping.is_stopping(),
+            mode: ModeFigures::Mio {
+                loops,
+                max_buffered,
+            },
+        }
+    });
     let mut loops = Vec::with_capacity(n);
     for (index, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
         loops.push(EventLoop::new(

@@ -19,6 +19,7 @@ use super::shared::Shared;
 use super::timers::{self, Timers};
 use crate::config::Config;
 use crate::outcome::{Outcome, panic_message};
+use crate::reload::InForce;
 use crate::shutdown::Shutdown;
 
 /// The listener's token. Connections use 2 and up (see [`connection::token`]).
@@ -27,6 +28,9 @@ pub(super) const LISTENER: Token = Token(0);
 pub(super) const WAKER: Token = Token(1);
 /// Events taken from the kernel per `poll` call.
 pub(super) const EVENTS_PER_POLL: usize = 1024;
+/// How often a loop stores its gauges for the stats page (a walk over its connections);
+/// with the stats page on, an idle loop wakes this often to do so.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Everything one loop owns.
 pub(super) struct EventLoop {
@@ -54,6 +58,10 @@ pub(super) struct EventLoop {
     pub(super) at_limit: bool,
     /// Whether this loop's listener was closed and counted in the [`DrainLog`].
     pub(super) closed: bool,
+    /// The configuration in force for new connections, and the reload it came from.
+    pub(super) in_force: (Arc<InForce>, u64),
+    /// When this loop's gauges for the stats page are next stored.
+    pub(super) publish_at: Instant,
 }
 
 impl EventLoop {
@@ -65,6 +73,7 @@ impl EventLoop {
         shared: Arc<Shared>,
     ) -> io::Result<EventLoop> {
         let listener = Listener::new(listener, poll.registry(), LISTENER)?;
+        let in_force = (shared.current.get(), shared.current.generation());
         Ok(EventLoop {
             index,
             shared,
@@ -73,7 +82,6 @@ impl EventLoop {
             conns: HashMap::new(),
             settings: Settings {
                 max_buffered: config.max_buffered,
-                connect_timeout: config.connect_timeout,
                 idle_timeout: config.idle_timeout,
                 client_timeout: config.client_timeout,
             },
@@ -82,7 +90,39 @@ impl EventLoop {
             timers: Timers::new(config.drain_timeout),
             at_limit: false,
             closed: false,
+            in_force,
+            publish_at: Instant::now(),
         })
+    }
+
+    /// Once per turn: takes up a reload (one atomic load when there was none), and now
+    /// and then stores this loop's gauges for the stats page.
+    fn refresh(&mut self, now: Instant) {
+        let generation = self.shared.current.generation();
+        if generation != self.in_force.1 {
+            let in_force = self.shared.current.get();
+            let config = &in_force.config;
+            self.settings = Settings {
+                max_buffered: config.max_buffered,
+                idle_timeout: config.idle_timeout,
+                client_timeout: config.client_timeout,
+            };
+            self.buf.resize(config.buffer_size.max(1), 0);
+            self.in_force = (in_force, generation);
+        }
+        if now >= self.publish_at {
+            self.publish_at = now + PUBLISH_EVERY;
+            let gauge = &self.shared.gauges[self.index];
+            let (mut queued, mut paused) = (0, 0);
+            for conn in self.conns.values() {
+                let (q, p) = conn.backlog();
+                queued += q;
+                paused += p;
+            }
+            gauge.conns.store(self.conns.len(), Ordering::Relaxed);
+            gauge.queued.store(queued, Ordering::Relaxed);
+            gauge.paused.store(paused, Ordering::Relaxed);
+        }
     }
 
     /// [`EventLoop::run`], and if it fails or panics (a bug outside any one connection):
@@ -115,12 +155,18 @@ impl EventLoop {
                     .poll_timeout(self.listener.deadline(), Instant::now()),
                 false => Some(std::time::Duration::ZERO), // Work left over: just peek.
             };
+            // With the stats page on, wake at least every PUBLISH_EVERY to store gauges.
+            let timeout = match self.shared.gauges_wanted {
+                true => Some(timeout.map_or(PUBLISH_EVERY, |t| t.min(PUBLISH_EVERY))),
+                false => timeout,
+            };
             match self.poll.poll(&mut events, timeout) {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
                 Ok(()) => {}
             }
             let now = Instant::now();
+            self.refresh(now);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -202,7 +248,7 @@ impl EventLoop {
     pub(super) fn parts(&mut self, now: Instant) -> (&mut HashMap<u64, Conn>, Ctx<'_>) {
         let ctx = Ctx {
             registry: self.poll.registry(),
-            balancer: &self.shared.balancer,
+            in_force: &self.in_force.0,
             settings: self.settings,
             buf: &mut self.buf,
             now,
@@ -282,7 +328,7 @@ impl EventLoop {
         match result.and_then(|more| conn.ended().map_or(Ok(more), Err)) {
             Err(outcome) => self.close(id, outcome),
             Ok(more) => {
-                self.timers.schedule(conn.deadline(&self.settings));
+                self.timers.schedule(conn.deadline());
                 if more {
                     self.again.push(id);
                 }
@@ -296,13 +342,13 @@ impl EventLoop {
         let mut ended = Vec::new();
         let mut next = None;
         for (&id, conn) in conns.iter_mut() {
-            if conn.deadline(&ctx.settings).is_some_and(|d| d <= now)
+            if conn.deadline().is_some_and(|d| d <= now)
                 && let Err(outcome) = isolated(id, || conn.on_tick(&mut ctx)).and_then(|r| r)
             {
                 ended.push((id, outcome));
                 continue;
             }
-            next = timers::earliest(next, conn.deadline(&ctx.settings));
+            next = timers::earliest(next, conn.deadline());
         }
         self.timers.ticked(next, now);
         for (id, outcome) in ended {
@@ -315,7 +361,11 @@ impl EventLoop {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
-        conn.close(outcome, self.poll.registry()).log();
+        let summary = conn.close(outcome, self.poll.registry());
+        if summary.backend == "-" {
+            self.shared.current.stats().unserved(outcome);
+        }
+        summary.log();
         self.shared.release();
     }
 

@@ -120,6 +120,11 @@ impl Pipe {
         self.read - self.queue.len() as u64
     }
 
+    /// Bytes queued for the destination, and whether the source is paused (stats page).
+    pub fn backlog(&self) -> (usize, bool) {
+        (self.queue.len(), self.paused)
+    }
+
     /// Bytes read from the source so far.
     pub fn read(&self) -> u64 {
         self.read

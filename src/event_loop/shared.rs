@@ -1,4 +1,4 @@
-//! What every event loop of the process shares: the balancer, the count of open
+//! What every event loop of the process shares: the configuration in force (balancer), the count of open
 //! connections under the limit from the open-files limit, the connection ids, one waker per
 //! loop, the drain's log lines. Everything else belongs to one loop ([`super::one_loop`]).
 
@@ -9,13 +9,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
-use crate::balancer::Balancer;
+use crate::reload::Current;
 use crate::shutdown::DrainLog;
+use crate::stats::LoopGauge;
 
 /// What every loop shares.
 pub(super) struct Shared {
-    /// Round robin with failover, shared code with threads mode.
-    pub(super) balancer: Arc<Balancer>,
+    /// The configuration in force (balancer, counters, settings), swapped by a reload.
+    pub(super) current: Arc<Current>,
+    /// One per loop: what the stats page shows of it.
+    pub(super) gauges: Vec<LoopGauge>,
+    /// Whether the stats page is on: then each loop stores its gauges now and then.
+    pub(super) gauges_wanted: bool,
     /// Connections open in all loops (reserved just before `accept`).
     pub(super) open: AtomicUsize,
     /// The most connections open at once in the process (`listen::connection_limit`):
@@ -111,11 +116,13 @@ mod tests {
 
     fn shared(max_conns: usize, poll: &Poll) -> Shared {
         Shared {
-            balancer: Arc::new(Balancer::new(
-                Vec::new(),
-                Duration::from_secs(1),
-                crate::balancer::Balance::RoundRobin,
-            )),
+            current: crate::reload::Current::new(
+                crate::config::Config::with_defaults(([127, 0, 0, 1], 0).into(), Vec::new()),
+                None,
+                crate::stats::Stats::new(None),
+            ),
+            gauges: Vec::new(),
+            gauges_wanted: false,
             open: AtomicUsize::new(0),
             max_conns,
             limit_logged: AtomicBool::new(false),

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 
 use crate::outcome::{Outcome, Summary};
-use crate::threads::relay::{Direction, DirectionEnd};
+use crate::stats::BackendStats;
+use crate::threads::relay::{Direction, DirectionEnd, RelaySettings};
 
 /// The shared state of one client ↔ backend pair.
 #[derive(Debug)]
@@ -40,6 +41,10 @@ pub struct Connection {
     down: AtomicU64,
     /// How it ends, behind one lock: see [`EndState`].
     state: Mutex<EndState>,
+    /// The backend's counters (bytes are added to them as they move).
+    pub stats: std::sync::Arc<BackendStats>,
+    /// The settings in force when it was accepted (a reload does not change them).
+    pub settings: RelaySettings,
 }
 
 /// What the end of a connection depends on, behind one mutex, because each check must
@@ -68,6 +73,7 @@ struct EndState {
 
 impl Connection {
     /// A connection accepted at `started`, between `client` and `backend`.
+    #[allow(clippy::too_many_arguments)] // the two sockets, their names, clock, counters, settings
     pub fn new(
         id: u64,
         client: TcpStream,
@@ -75,6 +81,8 @@ impl Connection {
         backend: TcpStream,
         backend_name: String,
         started: Instant,
+        stats: std::sync::Arc<BackendStats>,
+        settings: RelaySettings,
     ) -> Connection {
         let conn = Connection {
             id,
@@ -87,6 +95,8 @@ impl Connection {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             state: Mutex::new(EndState::default()),
+            stats,
+            settings,
         };
         conn.touch();
         conn
@@ -131,6 +141,7 @@ impl Connection {
     pub fn count(&self, up: bool, n: u64) {
         let counter = if up { &self.up } else { &self.down };
         counter.fetch_add(n, Ordering::Relaxed);
+        self.stats.add_bytes(up, n);
     }
 
     /// rsp ends the connection on its own, now, for `reason` (a timeout, the drain's
@@ -313,6 +324,12 @@ mod tests {
             backend,
             "b".into(),
             Instant::now(),
+            std::sync::Arc::new(BackendStats::for_test()),
+            RelaySettings {
+                buffer_size: 1024,
+                idle_timeout: None,
+                client_timeout: None,
+            },
         ));
         let reader = {
             let conn = conn.clone();

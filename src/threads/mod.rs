@@ -30,13 +30,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::balancer::Balancer;
-use crate::config::Config;
 use crate::listen::{
     ACCEPT_PAUSE, accept_error_pauses, announce, connection_limit, listen, log_connection_limit,
 };
 use crate::outcome::Outcome;
+use crate::reload::Current;
 use crate::shutdown::{self, ListenerWake, Shutdown};
+use crate::stats::{Live, ModeFigures};
 use backlog::Backlog;
 use crossbeam_channel::{SendTimeoutError, TrySendError};
 use pool::{Growth, Pool, wait_for_threads};
@@ -47,27 +47,25 @@ use worker::{Accepted, Context, CopyJob};
 /// How often an accept loop blocked on a full queue checks for Ctrl-C.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
-/// Runs threads mode until Ctrl-C (or SIGTERM), then drains and returns `Ok`.
-pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
+/// Runs threads mode until Ctrl-C (or SIGTERM), then drains and returns `Ok`. New
+/// clients get the configuration in force in `current` (SIGHUP reloads it).
+pub fn run(current: Arc<Current>) -> io::Result<()> {
+    let config = current.get().config.clone();
     let listener = listen(config.listen)?;
     let local = listener.local_addr()?;
     let shutdown = Shutdown::new();
     let wake = ListenerWake::new(local);
     let waking = Arc::clone(&wake);
     shutdown.install_handler(move || waking.wake())?;
+    let stopper = Arc::clone(&shutdown);
+    crate::reload::watch_signals(Arc::clone(&current), move || stopper.signal())?;
 
     let workers = config.workers.max(1);
     let copiers: Pool<CopyJob> = Pool::start("copy", workers, workers, |job: CopyJob| job())?;
     let copy_growth = copiers.growth();
-    let relay = RelaySettings {
-        buffer_size: config.buffer_size,
-        idle_timeout: config.idle_timeout,
-        client_timeout: config.client_timeout,
-    };
+    let copy_watch = copiers.watch();
     let ctx = Context {
-        balancer,
-        connect_timeout: config.connect_timeout,
-        relay,
+        current: Arc::clone(&current),
         copiers,
     };
     let pool = Pool::start("worker", workers, workers, move |job| {
@@ -82,9 +80,23 @@ pub fn run(config: Config, balancer: Arc<Balancer>) -> io::Result<()> {
         open.wait_empty(deadline.saturating_duration_since(Instant::now()));
         cut
     });
-    if let Some(tick) = relay.tick() {
-        registry.start_idle_check(relay.idle_timeout, relay.client_timeout, tick)?;
-    }
+    let in_force = Arc::clone(&current);
+    registry.start_idle_check(move || RelaySettings::of(&in_force.get().config).tick())?;
+    let (worker_watch, capacity) = (pool.watch(), pool.capacity());
+    let (open, stopping) = (Arc::downgrade(&registry), Arc::clone(&shutdown));
+    current.stats().set_view(move || {
+        let workers = worker_watch.figures();
+        Live {
+            open: open.upgrade().map_or(0, |r| r.len()),
+            draining: stopping.is_stopping(),
+            mode: ModeFigures::Threads {
+                workers,
+                copiers: copy_watch.figures(),
+                queued: workers.queued,
+                handoff_full: workers.queued >= capacity,
+            },
+        }
+    });
     let limit = connection_limit();
     announce(local.port());
 

@@ -33,7 +33,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -59,6 +59,7 @@ struct Shared<T> {
     threads: AtomicUsize, // alive
     idle: AtomicUsize,    // waiting for a job (or just started, about to)
     started: AtomicUsize, // so far, for their names
+    peak: AtomicUsize,    // the most threads busy at once, for the stats page
     /// Why the last thread start failed; `None` once one succeeds.
     start_error: Mutex<Option<String>>,
     /// The receiving end: a receiver does not keep the channel open, only senders do.
@@ -80,6 +81,7 @@ impl<T: Send + 'static> Pool<T> {
             threads: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             start_error: Mutex::new(None),
             jobs: queue,
             handler: Box::new(handler),
@@ -130,6 +132,33 @@ impl<T: Send + 'static> Pool<T> {
     pub fn growth(&self) -> Growth {
         Growth::of(Arc::clone(&self.shared))
     }
+
+    /// A handle that reads this pool's figures for the stats page, without keeping the
+    /// pool's threads alive once the pool is closed.
+    pub fn watch(&self) -> Watch<T> {
+        Watch(Arc::downgrade(&self.shared))
+    }
+}
+
+/// See [`Pool::watch`].
+pub struct Watch<T>(Weak<Shared<T>>);
+
+impl<T> Watch<T> {
+    /// Threads, busy, the most busy at once, the maximum, jobs waiting; zeros once the
+    /// pool is gone.
+    pub fn figures(&self) -> crate::stats::PoolFigures {
+        let Some(shared) = self.0.upgrade() else {
+            return Default::default();
+        };
+        let threads = shared.threads.load(SeqCst);
+        crate::stats::PoolFigures {
+            threads,
+            busy: threads.saturating_sub(shared.idle.load(SeqCst)),
+            peak: shared.peak.load(SeqCst),
+            max: shared.max_threads,
+            queued: shared.jobs.len(),
+        }
+    }
 }
 
 /// Starts one more thread, counted as idle until it takes a job; does nothing if the
@@ -170,6 +199,8 @@ fn run_thread<T: Send + 'static>(shared: &Arc<Shared<T>>, name: &str) {
         match shared.jobs.recv_timeout(IDLE_EXIT) {
             Ok(job) => {
                 let idle = shared.idle.fetch_sub(1, SeqCst) - 1;
+                let busy = shared.threads.load(SeqCst).saturating_sub(idle);
+                shared.peak.fetch_max(busy, SeqCst);
                 if (idle == 0 || shared.jobs.len() > idle)
                     && let Err(e) = spawn(shared)
                 {

@@ -136,9 +136,11 @@ impl Registry {
     /// Cuts every connection idle for `idle` or longer ([`Connection::cut_if_idle`]),
     /// and every one whose client has said nothing for `client` since it was accepted
     /// ([`Connection::cut_if_silent`]); `None` skips that check.
-    pub fn cut_idle(&self, idle: Option<Duration>, client: Option<Duration>) {
+    /// Each connection is held to the timeouts in force when it was accepted.
+    pub fn cut_idle(&self) {
         let open: Vec<Arc<Connection>> = self.lock().values().flatten().cloned().collect();
         for conn in open {
+            let (idle, client) = (conn.settings.idle_timeout, conn.settings.client_timeout);
             let cut = client.is_some_and(|limit| conn.cut_if_silent(limit));
             if let (false, Some(limit)) = (cut, idle) {
                 conn.cut_if_idle(limit);
@@ -146,23 +148,22 @@ impl Registry {
         }
     }
 
-    /// Starts the idle check: a thread that calls [`Registry::cut_idle`] every `tick`
-    /// for as long as the registry exists. One thread for all connections: the copy
-    /// threads block in `read` without a timeout, so they cost nothing while idle.
+    /// Starts the idle check: a thread that calls [`Registry::cut_idle`] every `tick()`
+    /// (asked again each time: a reload may change it; `None`: 1 s, nothing to cut) for
+    /// as long as the registry exists. One thread for all connections: the copy threads
+    /// block in `read` without a timeout, so they cost nothing while idle.
     pub fn start_idle_check(
         self: &Arc<Self>,
-        idle: Option<Duration>,
-        client: Option<Duration>,
-        tick: Duration,
+        tick: impl Fn() -> Option<Duration> + Send + 'static,
     ) -> io::Result<()> {
         let registry = Arc::downgrade(self);
         thread::Builder::new()
             .name("idle-check".into())
             .spawn(move || {
                 while let Some(registry) = registry.upgrade() {
-                    registry.cut_idle(idle, client);
+                    registry.cut_idle();
                     drop(registry);
-                    thread::sleep(tick);
+                    thread::sleep(tick().unwrap_or(Duration::from_secs(1)));
                 }
             })
             .map(drop)

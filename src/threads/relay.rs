@@ -103,6 +103,15 @@ pub struct RelaySettings {
 }
 
 impl RelaySettings {
+    /// The copy-loop settings of `config`.
+    pub fn of(config: &crate::config::Config) -> RelaySettings {
+        RelaySettings {
+            buffer_size: config.buffer_size,
+            idle_timeout: config.idle_timeout,
+            client_timeout: config.client_timeout,
+        }
+    }
+
     /// How often the idle check runs: a quarter of the shorter of `idle_timeout` and
     /// `client_timeout`, between 50 ms and 1 s (so a connection is cut at most that long
     /// after its time is up). `None` without either timeout.
@@ -295,7 +304,17 @@ mod tests {
         for s in [&client, &backend] {
             s.set_write_timeout(Some(settings.write_tick())).unwrap();
         }
-        let conn = Connection::new(1, client, client_addr, backend, "b".into(), Instant::now());
+        let stats = Arc::new(crate::stats::BackendStats::for_test());
+        let conn = Connection::new(
+            1,
+            client,
+            client_addr,
+            backend,
+            "b".into(),
+            Instant::now(),
+            stats,
+            settings,
+        );
         (Arc::new(conn), client_peer, backend_peer)
     }
 

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::balancer::{Balancer, Lease};
+use crate::balancer::Lease;
 use crate::fds;
 use crate::outcome::panic_message;
 use crate::outcome::{Outcome, Summary};
+use crate::reload::{Current, InForce};
 use crate::threads::conn::Connection;
 use crate::threads::pool::Pool;
 use crate::threads::registry::Ticket;
@@ -42,12 +43,9 @@ pub struct Accepted {
 
 /// What every worker shares.
 pub struct Context {
-    /// Chooses the backend.
-    pub balancer: Arc<Balancer>,
-    /// How long one backend connect may take.
-    pub connect_timeout: Duration,
-    /// Copy-loop settings.
-    pub relay: RelaySettings,
+    /// The configuration in force: each client takes the one in force when a worker
+    /// picks it up (backends, timeouts), and keeps it to its end.
+    pub current: Arc<Current>,
     /// Where the client → backend direction goes to run on another thread.
     pub copiers: Pool<CopyJob>,
 }
@@ -55,10 +53,13 @@ pub struct Context {
 /// Serves one client from accept to close and logs its summary line.
 pub fn serve(ctx: &Context, job: Accepted) {
     let id = job.ticket.id();
-    let connected = connect_backend(ctx, &job.ticket);
+    let now = ctx.current.get();
+    let connected = connect_backend(&now, &job.ticket);
     // `lease` counts this connection on its backend until it is dropped, however the
     // connection ends (a panic unwinds through it too).
     let Ok((backend, lease)) = connected else {
+        let outcome = connected.err().unwrap_or(Outcome::ConnectFailed);
+        ctx.current.stats().unserved(outcome);
         let summary = Summary {
             id,
             client: job.addr,
@@ -66,11 +67,14 @@ pub fn serve(ctx: &Context, job: Accepted) {
             up: 0,
             down: 0,
             duration: job.accepted_at.elapsed(),
-            outcome: connected.err().unwrap_or(Outcome::ConnectFailed),
+            outcome,
         };
         summary.log();
         return;
     };
+    let stats = now.stats_of(&lease);
+    stats.connected();
+    let relay = RelaySettings::of(&now.config);
     for socket in [&job.client, &backend] {
         // Small writes go out at once (no Nagle delay). Set here, not in the accept loop,
         // which must do as little as possible per client. A latency hint only: failing to
@@ -79,7 +83,7 @@ pub fn serve(ctx: &Context, job: Accepted) {
         // A blocked write wakes up every tick to check for a cut (see `relay`). Setting
         // it on a live socket cannot fail in practice; if it did, that connection would
         // only lose its check.
-        let _ = socket.set_write_timeout(Some(ctx.relay.write_tick()));
+        let _ = socket.set_write_timeout(Some(relay.write_tick()));
     }
     let conn = Arc::new(Connection::new(
         id,
@@ -88,9 +92,13 @@ pub fn serve(ctx: &Context, job: Accepted) {
         backend,
         lease.backend().name.clone(),
         job.accepted_at,
+        Arc::clone(&stats),
+        relay,
     ));
+    drop(now); // A reload may free it; the connection keeps what it needs.
     job.ticket.attach(Arc::clone(&conn));
     relay_both(ctx, &conn);
+    stats.closed(conn.cut_reason().unwrap_or(Outcome::Eof));
     drop(lease); // Counted no more before its line is logged.
     // The summary is an info line: not even built (a `String` copy) below that level.
     if log::log_enabled!(log::Level::Info) {
@@ -102,17 +110,19 @@ pub fn serve(ctx: &Context, job: Accepted) {
 /// the socket and its [`Lease`] (which counts the connection on its backend until it is
 /// dropped). `Err` is the connection's outcome: `ConnectFailed`, or `Shutdown` if the
 /// drain's cut abandoned the connect (the backend is not to blame then).
-fn connect_backend(ctx: &Context, ticket: &Ticket) -> Result<(TcpStream, Lease), Outcome> {
+fn connect_backend(now: &InForce, ticket: &Ticket) -> Result<(TcpStream, Lease), Outcome> {
     let id = ticket.id();
-    for lease in ctx.balancer.plan() {
-        match connect(ctx, ticket, &lease.backend().addr) {
+    let timeout = now.config.connect_timeout;
+    for lease in now.balancer.plan() {
+        match connect(timeout, ticket, &lease.backend().addr) {
             Ok(stream) => {
-                ctx.balancer.connected(&lease);
+                now.balancer.connected(&lease);
                 return Ok((stream, lease));
             }
             Err(_) if ticket.is_cut() => return Err(Outcome::Shutdown),
             Err(e) => {
-                if !ctx.balancer.connect_failed(id, &lease, &e) {
+                now.stats_of(&lease).connect_failed();
+                if !now.balancer.connect_failed(id, &lease, &e) {
                     return Err(Outcome::ConnectFailed);
                 }
             }
@@ -126,11 +136,11 @@ fn connect_backend(ctx: &Context, ticket: &Ticket) -> Result<(TcpStream, Lease),
 /// `connect_timeout`: the client then waits a little instead of being dropped at once.
 /// The socket is registered with the ticket while it connects, so the drain's cut can
 /// abandon the connect.
-fn connect(ctx: &Context, ticket: &Ticket, addr: &SocketAddr) -> io::Result<TcpStream> {
-    let deadline = Instant::now() + ctx.connect_timeout;
+fn connect(timeout: Duration, ticket: &Ticket, addr: &SocketAddr) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
     let mut logged = false;
     loop {
-        match connect_once(ticket, addr, ctx.connect_timeout) {
+        match connect_once(ticket, addr, timeout) {
             Err(e) if fds::out_of_fds(&e) && Instant::now() + fds::RETRY < deadline => {
                 if !logged {
                     logged = true;
@@ -172,11 +182,11 @@ fn connect_once(ticket: &Ticket, addr: &SocketAddr, timeout: Duration) -> io::Re
 /// here the copy thread's result is mostly there already and the worker does not have to
 /// sleep and be woken for it.
 fn relay_both(ctx: &Context, conn: &Arc<Connection>) {
+    let settings = conn.settings;
     // A one-place channel for the copy thread's result. If the job is dropped unrun, its
     // sender goes with it and `recv` says so instead of waiting forever.
     let (giver, taker) = crossbeam_channel::bounded::<DirectionResult>(1);
     let down_conn = Arc::clone(conn);
-    let settings = ctx.relay;
     let job: CopyJob = Box::new(move || {
         let _ = giver.send(guarded(&down_conn, Direction::Down, settings));
     });

@@ -757,6 +757,18 @@ impl Proxy {
         proc_status_field(self.pid(), "Threads:").unwrap_or(0) as usize
     }
 
+    /// The names of the child's threads (`/proc/PID/task/*/comm`).
+    pub fn thread_names(&self) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()));
+        tasks
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect()
+    }
+
     /// The resident memory in KiB of the child and every process it started (a proxy
     /// may fork per connection, as socat does, or serve from worker processes, as nginx
     /// does), summed from each one's `/proc/PID/status`.
@@ -955,6 +967,47 @@ pub fn parse_stamped(line: &str) -> Option<(i64, &str)> {
     let sign = if &stamp[27..28] == "-" { -1 } else { 1 };
     let offset = sign * (num(28..30) * 3600 + num(30..32) * 60);
     Some((local - offset, rest))
+}
+
+// ---------------------------------------------------------------------------------------
+// The stats listener (`stats = "127.0.0.1:0"`)
+// ---------------------------------------------------------------------------------------
+
+/// The stats port of `proxy`, from its `Stats on http://127.0.0.1:PORT/` line.
+pub fn stats_port(proxy: &mut Proxy) -> u16 {
+    let line = proxy
+        .wait_for_line("Stats on http://", BANNER_TIMEOUT)
+        .unwrap_or_else(|| panic!("no stats line; output:\n{}", proxy.output()));
+    let after = line.split("Stats on http://").nth(1).unwrap_or_default();
+    let addr = after.split('/').next().unwrap_or_default();
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+/// The text of `GET /metrics` on the stats port.
+pub fn metrics(stats_port: u16) -> String {
+    let response = http_get(stats_port, "/metrics").expect("GET /metrics");
+    String::from_utf8_lossy(body(&response)).into_owned()
+}
+
+/// The value of the series `name{labels}` (labels as printed, e.g.
+/// `backend="127.0.0.1:80",outcome="eof"`; empty for none) in metrics `text`.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let series = match labels {
+        "" => format!("{name} "),
+        _ => format!("{name}{{{labels}}} "),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `rsp_connections_total` of backend 127.0.0.1:`port` that ended in EOF.
+pub fn eof_count(text: &str, port: u16) -> f64 {
+    let labels = format!("backend=\"127.0.0.1:{port}\",outcome=\"eof\"");
+    metric(text, "rsp_connections_total", &labels).unwrap_or(-1.0)
 }
 
 // ---------------------------------------------------------------------------------------
