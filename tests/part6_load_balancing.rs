@@ -77,18 +77,6 @@ fn times(interval: f64, n: u32) -> Duration {
     Duration::from_secs_f64(interval * f64::from(n))
 }
 
-/// Polls `check` every 5 ms until it holds or `timeout` has passed; returns whether it held.
-fn eventually(timeout: Duration, check: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    true
-}
-
 /// What a [`Station`] answers: a status for clients, and one per health probe (by number).
 type Health = Arc<dyn Fn(usize) -> u16 + Send + Sync>;
 

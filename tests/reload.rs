@@ -264,19 +264,6 @@ fn counters_on_metrics_survive_a_reload() {
     }
 }
 
-/// `/metrics` once `check` holds (a connection is counted as it closes, just after the
-/// client saw its end), or the last text after 10 s.
-fn eventually_metrics(stats: u16, check: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = metrics(stats);
-        if check(&text) || Instant::now() > deadline {
-            return text;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A reload keeps the health state of a backend that stays (its node is reused: a DOWN
 /// backend stays DOWN, with no second DOWN line, as a fresh node starting UP would give),
 /// and the health checks follow the new backends: one added by the reload is probed.

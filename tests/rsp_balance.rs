@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Target, read_request, write_http_response};
+use common::{Backend, Target, eventually, read_request, write_http_response};
 
 /// Slack on top of what the checks need in theory (the machine is shared and busy).
 const SLACK: Duration = Duration::from_secs(4);
@@ -69,18 +69,6 @@ fn which(port: u16) -> io::Result<usize> {
         .filter(|_| text.starts_with("HTTP/1.0 200"))
         .and_then(|n| n.trim().parse().ok())
         .ok_or_else(|| io::Error::other(format!("not a backend's answer: {text:?}")))
-}
-
-/// Waits (up to `within`) until `check()` is true; returns whether it became true.
-fn until(within: Duration, check: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    check()
 }
 
 /// The `health_check` line for a send/expect HTTP check.
@@ -217,7 +205,7 @@ fn a_killed_backend_is_taken_out_and_put_back_with_no_client_error() {
             .collect();
         let wait_served = |i: usize, more: usize, within: Duration| {
             let start = served[i].load(Ordering::SeqCst);
-            until(within, || served[i].load(Ordering::SeqCst) >= start + more)
+            eventually(within, || served[i].load(Ordering::SeqCst) >= start + more)
         };
         assert!(
             wait_served(1, 5, SLACK),
@@ -472,7 +460,7 @@ fn the_check_thread_stops_on_shutdown() {
             drop(stream);
         });
         let mut proxy = target.start_with(&[silent.port], &http_check(0.2, 1.0, 2, 3));
-        let probing = until(SLACK, || silent.accepted.load(Ordering::SeqCst) >= 1);
+        let probing = eventually(SLACK, || silent.accepted.load(Ordering::SeqCst) >= 1);
         assert!(probing, "{target:?}: no probe");
         let started = Instant::now();
         proxy.signal("TERM");

@@ -26,16 +26,10 @@ fn metrics_count_six_connections_over_three_backends_as_two_each() {
             assert_hello(&http_get(proxy.port, "/").unwrap());
         }
         // The summary is counted as the connection closes, just after the client's EOF.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut text = metrics(stats);
-        let counted = |text: &str| {
+        let text = eventually_metrics(stats, |text| {
             ports.iter().all(|p| eof_count(text, *p) == 2.0)
                 && metric(text, "rsp_connections_open", "") == Some(0.0)
-        };
-        while !counted(&text) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-            text = metrics(stats);
-        }
+        });
         for port in &ports {
             let b = format!("backend=\"127.0.0.1:{port}\"");
             assert_eq!(eof_count(&text, *port), 2.0, "{target:?}:\n{text}");

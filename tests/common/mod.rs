@@ -789,14 +789,7 @@ impl Proxy {
 
     /// Waits (up to `timeout`) until `check(self)` is true; returns whether it became true.
     pub fn eventually(&self, timeout: Duration, check: impl Fn(&Proxy) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if check(self) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        check(self)
+        eventually(timeout, || check(self))
     }
 
     /// Sends a signal (`"INT"`, `"TERM"`, …) to the child with `kill(1)`.
@@ -984,6 +977,31 @@ pub fn stats_port(proxy: &mut Proxy) -> u16 {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+/// Polls `check` every 10 ms until it holds or `timeout` has passed (then one last
+/// try); returns whether it held. For what a test cannot be told of, only see: a log
+/// line, a counter, a thread count.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    check()
+}
+
+/// `/metrics` once `check` holds (a connection is counted as it closes, just after the
+/// client saw its end), or the last text after 10 s.
+pub fn eventually_metrics(stats_port: u16, check: impl Fn(&str) -> bool) -> String {
+    let mut text = metrics(stats_port);
+    eventually(Duration::from_secs(10), || {
+        text = metrics(stats_port);
+        check(&text)
+    });
+    text
 }
 
 /// The text of `GET /metrics` on the stats port.
