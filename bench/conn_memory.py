@@ -194,17 +194,23 @@ def hold_under_limit(rsp, limit_mib):
         timeouts = sum(1 for line in log if b"client timeout" in line)
         print(f"  rsp: ... and {timeouts} 'client timeout' lines")
     finally:
-        proc.kill()
-        proc.wait()
-        for c in clients:
-            c.close()
-        os.unlink(config.name)
-        for _ in range(50):
-            try:
-                os.rmdir(group)
-                break
-            except OSError:
-                time.sleep(0.1)
+        clean_up(proc, clients, config, group)
+
+
+def clean_up(proc, clients, config, group):
+    """Stops rsp, closes the clients, removes the config and the memory group (which the
+    kernel lets go of only once its last process has gone)."""
+    proc.kill()
+    proc.wait()
+    for c in clients:
+        c.close()
+    os.unlink(config.name)
+    for _ in range(50):
+        try:
+            os.rmdir(group)
+            break
+        except OSError:
+            time.sleep(0.1)
 
 
 def main():
@@ -255,17 +261,7 @@ def main():
               f"{per_rss / 1024:.1f} KiB RSS + {(per_conn - per_rss) / 1024:.1f} KiB kernel "
               f"(from {n1:,} to {n2:,} connections)")
     finally:
-        proc.kill()
-        proc.wait()
-        for c in clients:
-            c.close()
-        os.unlink(config.name)
-        for _ in range(50):
-            try:
-                os.rmdir(group)
-                break
-            except OSError:
-                time.sleep(0.1)
+        clean_up(proc, clients, config, group)
 
 
 if __name__ == "__main__":
